@@ -89,8 +89,8 @@ def write_png(path: Path) -> None:
 
 CASES = [
     # task, method, artifact, library_name, pipeline_tag, snippet fragment
-    ("text-classification", "lora", "adapter", "peft", "text-classification", "AutoPeftModelForSequenceClassification.from_pretrained(repo)"),
-    ("text-classification", "qlora", "adapter", "peft", "text-classification", "AutoPeftModelForSequenceClassification.from_pretrained(repo)"),
+    ("text-classification", "lora", "adapter", "peft", "text-classification", "AutoPeftModelForSequenceClassification.from_pretrained("),
+    ("text-classification", "qlora", "adapter", "peft", "text-classification", "AutoPeftModelForSequenceClassification.from_pretrained("),
     ("text-classification", "full", "full", "transformers", "text-classification", "AutoModelForSequenceClassification.from_pretrained(repo)"),
     ("text-classification", "freeze", "full", "transformers", "text-classification", "AutoModelForSequenceClassification.from_pretrained(repo)"),
     ("text-classification", "bitfit", "bitfit", "transformers", "text-classification", "from hftune.methods import load_bitfit"),
@@ -314,12 +314,12 @@ def test_loading_snippets_run_against_saved_models(tmp_path, minilm_path, capsys
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    labels = ["sadness", "joy"]
+    labels = ["sadness", "joy", "love"]  # not 2: a head of the default size would hide a missing num_labels
     id2label = dict(enumerate(labels))
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     full_dir, adapter_dir = tmp_path / "full", tmp_path / "adapter"
     model = AutoModelForSequenceClassification.from_pretrained(
-        minilm_path, num_labels=2, id2label=id2label, label2id={v: k for k, v in id2label.items()}
+        minilm_path, id2label=id2label, label2id={v: k for k, v in id2label.items()}
     )
     model.save_pretrained(full_dir)
     tokenizer.save_pretrained(full_dir)
@@ -328,7 +328,7 @@ def test_loading_snippets_run_against_saved_models(tmp_path, minilm_path, capsys
     tokenizer.save_pretrained(adapter_dir)
 
     for artifact, folder in (("full", full_dir), ("adapter", adapter_dir), ("features", full_dir)):
-        results = sample_results("text-classification", "lora", artifact, repo_id=str(folder))
+        results = sample_results("text-classification", "lora", artifact, repo_id=str(folder), labels=labels)
         namespace: dict = {}
         exec(_snippet(build_model_card(results)), namespace)  # noqa: S102 - the card's own snippet
         if artifact == "features":

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -316,31 +315,59 @@ CHILD = textwrap.dedent(
     from safetensors.torch import save_file
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    source, out_file, sources, targets = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-    model = AutoModelForSeq2SeqLM.from_pretrained(source, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
-    batch = tokenizer(sources, text_target=targets, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        logits = model(**batch).logits
-    generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=2)
-    save_file({"logits": logits.contiguous(), "input_ids": batch["input_ids"]}, out_file)
-    print(json.dumps({
-        "model_class": type(model).__module__ + "." + type(model).__name__,
-        "tokenizer_class": type(tokenizer).__module__ + "." + type(tokenizer).__name__,
-        "hftune_loaded": any(name.split(".")[0] == "hftune" for name in sys.modules),
-        "decoded": tokenizer.batch_decode(generated, skip_special_tokens=True),
-    }))
+    sources_to_load, out_dir, texts, targets = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+    for index, source in enumerate(sources_to_load):
+        model = AutoModelForSeq2SeqLM.from_pretrained(source, trust_remote_code=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+        batch = tokenizer(texts, text_target=targets, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**batch).logits
+        generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=2)
+        save_file({"logits": logits.contiguous(), "input_ids": batch["input_ids"]}, f"{out_dir}/child-{index}.safetensors")
+        print(json.dumps({
+            "model_class": type(model).__module__ + "." + type(model).__name__,
+            "tokenizer_class": type(tokenizer).__module__ + "." + type(tokenizer).__name__,
+            "hftune_loaded": any(name.split(".")[0] == "hftune" for name in sys.modules),
+            "decoded": tokenizer.batch_decode(generated, skip_special_tokens=True),
+        }))
     """
 )
+HUB_REPO_ID = "org/jsl-seq2seq"
 
 
-def run_child(source: str, tmp_path: Path, hf_home: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+@pytest.fixture(scope="module")
+def fresh_process_loads(
+    trained, tokenizer, tmp_path_factory
+) -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
+    """One child process (hftune blocked, offline) loads the saved folder by path and, from a hand-made HF cache
+    entry, by repo id; both with trust_remote_code. One process for both keeps the test cheap on 2 cores."""
+    tmp_path = tmp_path_factory.mktemp("remote")
+    folder = save_jsl_model(trained, tokenizer, tmp_path / "model", {"seed": 0})
+    hf_home = tmp_path / "hf_home"
+    repo = hf_home / "hub" / "models--org--jsl-seq2seq"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    out_file = tmp_path / f"child-{len(list(tmp_path.glob('child-*')))}.safetensors"
-    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    sources = [str(folder), HUB_REPO_ID]
+    env = {
+        **os.environ,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": "",
+        "OMP_NUM_THREADS": "1",
+    }
     result = subprocess.run(
-        [sys.executable, str(script), source, str(out_file), json.dumps(SOURCES), json.dumps(TARGETS)],
+        [
+            sys.executable,
+            str(script),
+            json.dumps(sources),
+            str(tmp_path),
+            json.dumps(SOURCES),
+            json.dumps(TARGETS),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -348,25 +375,24 @@ def run_child(source: str, tmp_path: Path, hf_home: Path) -> tuple[dict, dict[st
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1]), load_file(out_file)
-
-
-def reference_logits(model, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = tokenizer(SOURCES, text_target=TARGETS, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        return model(**batch).logits, batch["input_ids"]
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines() if line.startswith("{")]
+    return {
+        source: (info, load_file(tmp_path / f"child-{index}.safetensors"))
+        for index, (source, info) in enumerate(zip(sources, lines, strict=True))
+    }
 
 
 def assert_same_logits(child: dict[str, torch.Tensor], model, tokenizer) -> None:
-    logits, input_ids = reference_logits(model, tokenizer)
-    assert torch.equal(child["input_ids"], input_ids)
+    batch = tokenizer(SOURCES, text_target=TARGETS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert torch.equal(child["input_ids"], batch["input_ids"])
     rel = (child["logits"] - logits).abs().max() / logits.abs().max()
     assert rel <= 1e-5
 
 
-def test_remote_code_loads_in_a_fresh_process_without_hftune(trained, tokenizer, tmp_path):
-    folder = save_jsl_model(trained, tokenizer, tmp_path / "model", {"seed": 0})
-    info, tensors = run_child(str(folder), tmp_path, tmp_path / "hf_home")
+def test_remote_code_loads_in_a_fresh_process_without_hftune(fresh_process_loads, trained, tokenizer):
+    (info, tensors), _ = fresh_process_loads.values()
     assert info["model_class"].startswith("transformers_modules.")
     assert info["model_class"].endswith("modeling_jsl.JslSeq2SeqForConditionalGeneration")
     assert info["tokenizer_class"].endswith("tokenization_jsl.JslTokenizer")
@@ -375,15 +401,10 @@ def test_remote_code_loads_in_a_fresh_process_without_hftune(trained, tokenizer,
     assert_same_logits(tensors, trained, tokenizer)
 
 
-def test_hub_cache_layout_loads_by_repo_id_offline(trained, tokenizer, tmp_path):
-    folder = save_jsl_model(trained, tokenizer, tmp_path / "model", {"seed": 0})
-    hf_home = tmp_path / "hf_home"
-    repo = hf_home / "hub" / "models--org--jsl-seq2seq"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(folder, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    info, tensors = run_child("org/jsl-seq2seq", tmp_path, hf_home)
+def test_hub_cache_layout_loads_by_repo_id_offline(fresh_process_loads, trained, tokenizer):
+    info, tensors = fresh_process_loads[HUB_REPO_ID]
+    assert info["model_class"].endswith("modeling_jsl.JslSeq2SeqForConditionalGeneration")
+    assert not info["hftune_loaded"]
     assert info["decoded"] == TARGETS
     assert_same_logits(tensors, trained, tokenizer)
 
@@ -396,8 +417,12 @@ def test_half_precision_checkpoint_loads_in_fp32(trained, tokenizer, tmp_path, s
     loaded, loaded_tokenizer = load_jsl_model(folder)
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     assert not loaded.training
-    reference, _ = reference_logits(trained, tokenizer)
-    restored, _ = reference_logits(loaded, loaded_tokenizer)
+    batch = tokenizer(SOURCES, text_target=TARGETS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        reference = trained(**batch).logits
+        restored = loaded(
+            **loaded_tokenizer(SOURCES, text_target=TARGETS, padding=True, return_tensors="pt")
+        ).logits
     rel = (restored - reference).abs().max() / reference.abs().max()
     assert rel <= 1e-2
 

@@ -172,7 +172,9 @@ def _eval_results(
     return eval_results
 
 
-def _loading_snippet(task: str, artifact: str, repo_id: str, hyperparameters: Mapping[str, Any]) -> str:
+def _loading_snippet(
+    task: str, artifact: str, repo_id: str, hyperparameters: Mapping[str, Any], labels: list[str]
+) -> str:
     """Copy-paste code that loads exactly what this artefact is."""
     if artifact == "remote-code":
         return f'''from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -202,21 +204,31 @@ print(tokenizer.decode(outputs[0, inputs["input_ids"].shape[1]:], skip_special_t
 label_id = model(**inputs).logits.argmax(-1).item()
 print(model.config.id2label[label_id])"""
     if artifact == "adapter":
+        if not labels:
+            return f'''from peft import AutoPeftModelForSequenceClassification
+
+model = AutoPeftModelForSequenceClassification.from_pretrained("{repo_id}")  # base model + adapter'''
+        # The base model's config does not know this task's labels: without them peft builds a 2-class head
+        # and loading a head of another size fails (size mismatch).
         return f'''from peft import AutoPeftModelForSequenceClassification
 from transformers import AutoTokenizer
 
 repo = "{repo_id}"
+id2label = {dict(enumerate(labels))!r}
 tokenizer = AutoTokenizer.from_pretrained(repo)
-model = AutoPeftModelForSequenceClassification.from_pretrained(repo)  # base model + adapter
+model = AutoPeftModelForSequenceClassification.from_pretrained(  # base model + adapter
+    repo, id2label=id2label, label2id={{label: i for i, label in id2label.items()}}
+)
 
 {classify}'''
     if artifact == "bitfit":
-        return f'''from hftune.methods import load_bitfit  # pip install hftune
+        return f'''from huggingface_hub import snapshot_download
+from hftune.methods import load_bitfit  # pip install hftune
 from transformers import AutoTokenizer
 
 repo = "{repo_id}"
 tokenizer = AutoTokenizer.from_pretrained(repo)
-model = load_bitfit(repo)  # the base model with this repo's trained biases and head applied
+model = load_bitfit(snapshot_download(repo))  # the base model with this repo's trained biases and head
 
 {classify}'''
     if artifact == "features":
@@ -327,6 +339,7 @@ def build_model_card(results: Mapping[str, Any], run_dir: Path | None = None) ->
         eval_results=eval_results,
     )
     hyperparameters = results.get("hyperparameters") or {}
+    labels = [str(label) for label in results.get("labels") or []]
     template_path = resource_dir("hub_cards") / template_name
     if not template_path.is_file():
         raise HftuneError(f"model-card template {template_path} is missing; reinstall hftune")
@@ -334,9 +347,6 @@ def build_model_card(results: Mapping[str, Any], run_dir: Path | None = None) ->
         card_data,
         template_path=str(template_path),
         model_title=model_name,
-        repo_id=repo_id,
-        task=task,
-        task_name=task_name,
         method=method,
         artifact=artifact,
         method_summary=_METHOD_SUMMARIES.get(method, f"{method} fine-tune"),
@@ -345,7 +355,7 @@ def build_model_card(results: Mapping[str, Any], run_dir: Path | None = None) ->
         dataset_display=dataset_hub_id or f"{dataset_type} (local)",
         eval_split=split,
         metric_rows=[(r.metric_name, r.metric_type, _format_value(r.metric_value)) for r in eval_results],
-        labels=[str(label) for label in results.get("labels") or []],
+        labels=labels,
         hyperparameter_rows=_rows(hyperparameters),
         device=results.get("device") or "unknown",
         precision=results.get("precision") or "unknown",
@@ -354,7 +364,7 @@ def build_model_card(results: Mapping[str, Any], run_dir: Path | None = None) ->
         efficiency_rows=_efficiency_rows(results),
         version_rows=_rows(results.get("versions")),
         images=_images(run_dir),
-        loading_snippet=_loading_snippet(task, artifact, repo_id, hyperparameters),
+        loading_snippet=_loading_snippet(task, artifact, repo_id, hyperparameters, labels),
     )
 
 

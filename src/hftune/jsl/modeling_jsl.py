@@ -13,7 +13,11 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPastAndCrossAttentions, Seq2SeqLMOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+)
 
 from .configuration_jsl import JslSeq2SeqConfig
 
@@ -237,7 +241,9 @@ class JslDecoder(nn.Module):
         super().__init__()
         self.config = config
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList([JslDecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)])
+        self.layers = nn.ModuleList(
+            [JslDecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)]
+        )
         self.layer_norm = nn.LayerNorm(config.d_model)
 
     def forward(
@@ -256,7 +262,9 @@ class JslDecoder(nn.Module):
         hidden_states = self.dropout(
             inputs_embeds + sinusoidal_positions(positions, self.config.d_model, inputs_embeds.dtype)
         )
-        self_mask = causal_mask(query_len, past_len, attention_mask, hidden_states.dtype, hidden_states.device)
+        self_mask = causal_mask(
+            query_len, past_len, attention_mask, hidden_states.dtype, hidden_states.device
+        )
         cross_mask = padding_mask(encoder_attention_mask, hidden_states.dtype)
         all_hidden: list[torch.Tensor] = []
         self_attentions: list[torch.Tensor] = []
@@ -380,7 +388,9 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
             Passed by `Trainer`: the loss is then summed and divided by this count, so gradient accumulation and
             multi-process runs weigh every target token equally.
         """
-        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        output_attentions = bool(
+            output_attentions if output_attentions is not None else self.config.output_attentions
+        )
         output_hidden_states = bool(
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -394,6 +404,8 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
             raise ValueError("JslSeq2SeqForConditionalGeneration.forward needs decoder_input_ids or labels")
 
         if encoder_outputs is None:
+            if input_ids is None:
+                raise ValueError("JslSeq2SeqForConditionalGeneration.forward needs input_ids or encoder_outputs")
             encoder_outputs = self.encoder(
                 input_ids,
                 attention_mask=attention_mask,
@@ -408,7 +420,9 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
             )
 
         if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+            past_key_values = EncoderDecoderCache(
+                DynamicCache(config=self.config), DynamicCache(config=self.config)
+            )
         elif not use_cache:
             past_key_values = None
 
@@ -449,7 +463,9 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
         flat_labels = labels.reshape(-1).to(logits.device)
         smoothing = self.config.label_smoothing
         if num_items_in_batch is None:
-            return nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=-100, label_smoothing=smoothing)
+            return nn.functional.cross_entropy(
+                flat_logits, flat_labels, ignore_index=-100, label_smoothing=smoothing
+            )
         total = nn.functional.cross_entropy(
             flat_logits, flat_labels, ignore_index=-100, label_smoothing=smoothing, reduction="sum"
         )

@@ -72,10 +72,14 @@ class JslTokenizer(PreTrainedTokenizer):
                 vocab = json.load(handle)
         if vocab is None:
             vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-        missing = [str(token) for token in (pad_token, bos_token, eos_token, unk_token) if str(token) not in vocab]
+        missing = [
+            str(token) for token in (pad_token, bos_token, eos_token, unk_token) if str(token) not in vocab
+        ]
         if missing:
             source = vocab_file or "the vocab passed in"
-            raise ValueError(f"special tokens {missing} are missing from {source}; rebuild it with build_from_pairs")
+            raise ValueError(
+                f"special tokens {missing} are missing from {source}; rebuild it with build_from_pairs"
+            )
         self.vocab: dict[str, int] = {str(token): int(index) for token, index in vocab.items()}
         self.ids_to_tokens: dict[int, str] = {index: token for token, index in self.vocab.items()}
         self._target_mode = False

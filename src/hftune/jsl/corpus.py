@@ -1,0 +1,1155 @@
+"""The Japanese -> JSL gloss parallel corpus: shipped splits, a loader for users' own pairs, and its generator.
+
+The shipped corpus (`data/{train,validation,test}.jsonl`) is regenerated bit for bit by `write_corpus`
+from hand-written sentences (`data/hand_written.tsv`) and a seeded grammar over `data/lexicon.yaml`.
+Gloss conventions and the split policy are documented in `data/README.md`; in short: glosses are
+`<dictionary-form>` tokens, time first, question word last, negation / completion after the predicate,
+`<?>` closes a yes/no question, and particles and inflection never appear.
+
+Run `python -m hftune.jsl.corpus` to rewrite the shipped files (`--check` verifies them instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import random
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from hftune.errors import HftuneError
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+CORPUS_DIR: Path = Path(__file__).resolve().parent / "data"
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+LEXICON_FILE = CORPUS_DIR / "lexicon.yaml"
+HAND_WRITTEN_FILE = CORPUS_DIR / "hand_written.tsv"
+
+YES_NO_TAG = "<?>"
+QUESTION_GLOSSES = frozenset(
+    f"<{g}>" for g in ("何", "誰", "どこ", "いつ", "なぜ", "どう", "いくら", "何時", "何人", "何歳", "どれ")
+)
+NEGATION_GLOSSES = frozenset({"<ない>", "<違う>", "<無理>", "<まだ>"})
+COMPLETION_GLOSS = "<終わる>"
+# Particles and inflections that a gloss must never be: their job is done by order and the face in JSL.
+PARTICLE_GLOSSES = frozenset(
+    f"<{p}>" for p in ("は", "が", "を", "に", "で", "へ", "と", "の", "も", "か", "です", "ます", "だ", "た")
+)
+
+# (kind, gloss A, gloss B): the pairs that never occur together in train or validation. Every row whose
+# glosses contain both goes to the test split, so test measures recombination of known words.
+HELD_OUT_PAIRINGS: tuple[tuple[str, str, str], ...] = (
+    ("subject-verb", "<母>", "<読む>"),
+    ("subject-verb", "<先生>", "<泳ぐ>"),
+    ("subject-verb", "<友達>", "<買う>"),
+    ("subject-verb", "<田中>", "<働く>"),
+    ("time-verb", "<明日>", "<書く>"),
+    ("time-verb", "<昨日>", "<会う>"),
+    ("time-verb", "<毎日>", "<走る>"),
+    ("time-verb", "<来週>", "<旅行>"),
+    ("verb-negation", "<飲む>", "<ない>"),
+    ("verb-negation", "<待つ>", "<ない>"),
+    ("verb-negation", "<起きる>", "<ない>"),
+    ("verb-completion", "<洗う>", "<終わる>"),
+    ("verb-completion", "<作る>", "<終わる>"),
+    ("adjective-negation", "<高い>", "<ない>"),
+    ("adjective-negation", "<静か>", "<ない>"),
+    ("verb-question", "<帰る>", "<いつ>"),
+    ("verb-question", "<使う>", "<何>"),
+    ("object-verb", "<テレビ>", "<見る>"),
+    ("object-verb", "<日本語>", "<教える>"),
+)
+
+TEMPLATE_PAIRS = 2400  # generated pairs for train + validation (hand-written ones come on top)
+TEST_PER_PAIRING = 16
+VALIDATION_FRACTION = 0.1
+_MAX_ATTEMPTS = 200_000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise HftuneError(
+            f"cannot read the JSL corpus file {path} ({err}); run `python -m hftune.jsl.corpus` to regenerate it"
+        ) from None
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def load_jsl_corpus(split: str | None = None) -> DatasetDict | Dataset:
+    """The shipped corpus: a `DatasetDict` of train/validation/test, or one split's `Dataset`.
+
+    Columns: `id`, `ja` (Japanese), `gloss` (space-separated `<gloss>` tokens), `source` (hand | template).
+    """
+    from datasets import Dataset, DatasetDict
+
+    if split is not None and split not in SPLITS:
+        raise HftuneError(f"unknown JSL corpus split {split!r}; choose one of {', '.join(SPLITS)}")
+    names = SPLITS if split is None else (split,)
+    splits = {name: Dataset.from_list(_read_jsonl(CORPUS_DIR / f"{name}.jsonl")) for name in names}
+    return splits[split] if split is not None else DatasetDict(splits)
+
+
+def _rows_from_json(text: str, path: Path) -> tuple[list[dict], list[str]]:
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise HftuneError(f"{path} is not valid JSON ({err}); write a list of objects or JSON lines") from None
+        numbered = list(enumerate(records, start=1))
+    else:
+        numbered = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise HftuneError(f"{path} line {number} is not valid JSON ({err}); one object per line") from None
+    columns: dict[str, None] = {}
+    rows = []
+    for number, record in numbered:
+        if not isinstance(record, dict):
+            raise HftuneError(f"{path} record {number} is {type(record).__name__}, not an object with columns")
+        columns.update(dict.fromkeys(record))
+        rows.append({"__line__": number, **record})
+    return rows, list(columns)
+
+
+def _rows_from_delimited(text: str, path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    columns = [name.strip() for name in reader.fieldnames or []]
+    rows = []
+    for record in reader:
+        # The header is line 1; multi-line quoted cells make this approximate, good enough to find the row.
+        cleaned = {(key or "").strip(): value for key, value in record.items()}
+        rows.append({"__line__": reader.line_num, **cleaned})
+    return rows, columns
+
+
+def load_gloss_pairs(path: str | Path, ja_column: str = "ja", gloss_column: str = "gloss") -> Dataset:
+    """A user's own Japanese -> gloss pairs from .jsonl/.json/.csv/.tsv as a `Dataset` with columns `ja`, `gloss`.
+
+    Files may carry a UTF-8 byte-order mark (Excel on Windows writes one). Gloss whitespace is normalised to
+    single spaces. Missing columns, empty cells and unreadable or empty files raise `HftuneError`.
+    """
+    from datasets import Dataset
+
+    path = Path(path)
+    if not path.is_file():
+        raise HftuneError(f"gloss pair file {path} does not exist; pass the path of a .jsonl, .csv or .tsv file")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise HftuneError(f"gloss pair file {path} has suffix {suffix!r}; use .jsonl, .json, .csv or .tsv")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise HftuneError(f"cannot read gloss pair file {path} ({err}); save it as UTF-8 text") from None
+    if suffix in (".jsonl", ".json"):
+        rows, columns = _rows_from_json(text, path)
+    else:
+        rows, columns = _rows_from_delimited(text, path, "\t" if suffix == ".tsv" else ",")
+    if not rows:
+        raise HftuneError(f"gloss pair file {path} has no rows; add pairs with columns {ja_column!r} and {gloss_column!r}")
+    for wanted in (ja_column, gloss_column):
+        if wanted not in columns:
+            raise HftuneError(
+                f"gloss pair file {path} has no column {wanted!r} (columns: {', '.join(map(repr, columns)) or 'none'}); "
+                f"rename it or pass ja_column=/gloss_column="
+            )
+    pairs = []
+    for row in rows:
+        values = {}
+        for wanted in (ja_column, gloss_column):
+            value = row.get(wanted)
+            if not isinstance(value, str) or not value.strip():
+                raise HftuneError(
+                    f"gloss pair file {path} line {row['__line__']}: column {wanted!r} is empty or not text "
+                    f"({value!r}); fill it in or delete the row"
+                )
+            values[wanted] = value
+        pairs.append({"ja": values[ja_column].strip(), "gloss": " ".join(values[gloss_column].split())})
+    return Dataset.from_list(pairs)
+
+
+def gloss_vocabulary(rows: Iterable[Mapping[str, str]]) -> list[str]:
+    """The distinct gloss tokens of `rows` (anything with a `gloss` field, e.g. a Dataset), sorted."""
+    return sorted({token for row in rows for token in row["gloss"].split()})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Lexicon
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Word:
+    gloss: tuple[str, ...]
+    ja: str
+    variants: tuple[str, ...] = ()
+    cats: tuple[str, ...] = ()
+    counter: str | None = None
+    extra: Mapping = field(default_factory=dict)
+
+    def surface(self, rng: random.Random) -> str:
+        # Mostly the usual spelling; sometimes hiragana or an honorific form that signs the same.
+        if self.variants and rng.random() < 0.25:
+            return rng.choice(self.variants)
+        return self.ja
+
+
+@dataclass
+class _Lexicon:
+    people: list[_Word]
+    roles: list[_Word]
+    places: list[_Word]
+    nouns: list[_Word]
+    verbs: list[_Word]
+    adjectives: list[_Word]
+    times: list[_Word]
+    clock_prefixes: list[_Word]
+    by_gloss: dict[str, _Word]
+    raw: dict
+
+    def category(self, cat: str) -> list[_Word]:
+        return [word for word in self.nouns if cat in word.cats]
+
+    def words(self, glosses: Iterable[str]) -> list[_Word]:
+        return [self.by_gloss[gloss] for gloss in glosses]
+
+    def person(self, gloss: str) -> _Word:
+        return next(word for word in self.people if word.gloss == (gloss,))
+
+
+def _word(entry: dict) -> _Word:
+    known = {"gloss", "ja", "variants", "cats", "counter"}
+    return _Word(
+        gloss=tuple(str(entry["gloss"]).split()),
+        ja=str(entry["ja"]),
+        variants=tuple(entry.get("variants", ())),
+        cats=tuple(entry.get("cats", ())),
+        counter=entry.get("counter"),
+        extra={key: value for key, value in entry.items() if key not in known},
+    )
+
+
+@cache
+def _lexicon() -> _Lexicon:
+    raw = yaml.safe_load(LEXICON_FILE.read_text(encoding="utf-8"))
+    sections = {
+        name: [_word(entry) for entry in raw[name]]
+        for name in ("people", "roles", "places", "nouns", "verbs", "adjectives", "times", "clock_prefixes")
+    }
+    by_gloss: dict[str, _Word] = {}
+    # Later sections never override earlier ones: 先生 is a person first, 部屋 a place first.
+    for name in ("people", "places", "nouns", "times", "roles"):
+        for word in sections[name]:
+            by_gloss.setdefault(" ".join(word.gloss), word)
+    return _Lexicon(**sections, by_gloss=by_gloss, raw=raw)
+
+
+def gloss_classes() -> dict[str, frozenset[str]]:
+    """Bracketed glosses by grammatical role, for checking order rules: time, number, question, negation,
+    predicate (verbs, adjectives and the hand-written corpus's other predicates)."""
+    lex = _lexicon()
+    time = {w.gloss[0] for w in lex.times + lex.clock_prefixes} | {"時", "半"}
+    predicate = {w.gloss[0] for w in lex.verbs + lex.adjectives} | set(lex.raw["extra_predicates"])
+    return {
+        "time": frozenset(f"<{g}>" for g in time),
+        "number": frozenset(f"<{c}>" for c in "一二三四五六七八九十百千"),
+        "question": QUESTION_GLOSSES,
+        "negation": NEGATION_GLOSSES,
+        "predicate": frozenset(f"<{g}>" for g in predicate),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Morphology
+# ---------------------------------------------------------------------------------------------------------
+
+_I_ROW = dict(zip("うくぐすつぬぶむる", "いきぎしちにびみり", strict=True))
+_A_ROW = dict(zip("うくぐすつぬぶむる", "わかがさたなばまら", strict=True))
+_TE = {"う": "って", "つ": "って", "る": "って", "む": "んで", "ぶ": "んで", "ぬ": "んで", "く": "いて", "ぐ": "いで", "す": "して"}
+
+
+def _verb_stems(dictionary_form: str, verb_class: str) -> dict[str, str]:
+    """masu-stem, nai-stem, te-form and ta-form of a verb written in kanji or kana."""
+    if verb_class == "suru":
+        noun = dictionary_form[: -len("する")]
+        return {"masu": noun + "し", "nai": noun + "し", "te": noun + "して", "ta": noun + "した"}
+    if verb_class == "kuru":
+        kanji = dictionary_form.startswith("来")
+        masu, nai = ("来", "来") if kanji else ("き", "こ")
+        return {"masu": masu, "nai": nai, "te": masu + "て", "ta": masu + "た"}
+    stem = dictionary_form[:-1]
+    if verb_class == "ichidan":
+        return {"masu": stem, "nai": stem, "te": stem + "て", "ta": stem + "た"}
+    ending = dictionary_form[-1]
+    te = stem + ("って" if verb_class == "iku" else _TE[ending])
+    ta = te[:-1] + ("だ" if te.endswith("で") else "た")
+    return {"masu": stem + _I_ROW[ending], "nai": stem + _A_ROW[ending] + "ない"[:0], "te": te, "ta": ta}
+
+
+def conjugate(dictionary_form: str, verb_class: str, form: str) -> str:
+    """One inflected form of a verb: dict, masu, mashita, masen, masendeshita, nai, nakatta, ta, te, tai,
+    masu_stem (`verb_class`: godan | ichidan | suru | kuru | iku)."""
+    stems = _verb_stems(dictionary_form, verb_class)
+    masu = stems["masu"]
+    forms = {
+        "dict": dictionary_form,
+        "masu_stem": masu,
+        "masu": masu + "ます",
+        "mashita": masu + "ました",
+        "masen": masu + "ません",
+        "masendeshita": masu + "ませんでした",
+        "nai": stems["nai"] + "ない",
+        "nakatta": stems["nai"] + "なかった",
+        "ta": stems["ta"],
+        "te": stems["te"],
+        "tai": masu + "たい",
+    }
+    return forms[form]
+
+
+def _adjective_form(surface: str, adjective_class: str, form: str, polite: bool, rng: random.Random) -> str:
+    """A predicate form of an i-adjective (`i`, `ii` for いい), a na-adjective (`na`) or a noun (`noun`)."""
+    if adjective_class in ("i", "ii"):
+        stem = "よ" if surface == "いい" else surface[:-1]
+        desu = "です" if polite else ""
+        choices = {
+            "present": [surface + desu],
+            "past": [stem + "かった" + desu],
+            "neg": [stem + "くないです", stem + "くありません"] if polite else [stem + "くない"],
+            "neg_past": [stem + "くなかったです", stem + "くありませんでした"] if polite else [stem + "くなかった"],
+            "yn": [surface + "ですか"] if polite else [surface + "？"],
+            "yn_past": [stem + "かったですか"] if polite else [stem + "かった？"],
+        }
+    else:
+        choices = {
+            "present": [surface + "です"] if polite else [surface + "だ"],
+            "past": [surface + "でした"] if polite else [surface + "だった"],
+            "neg": [surface + e for e in ("じゃありません", "ではありません", "じゃないです")]
+            if polite
+            else [surface + "じゃない", surface + "ではない"],
+            "neg_past": [surface + e for e in ("じゃありませんでした", "ではありませんでした", "じゃなかったです")]
+            if polite
+            else [surface + "じゃなかった"],
+            "yn": [surface + "ですか"] if polite else [surface + "？"],
+            "yn_past": [surface + "でしたか"] if polite else [surface + "だった？"],
+        }
+    return rng.choice(choices[form])
+
+
+_DIGITS = "〇一二三四五六七八九"
+
+
+def kanji_number(n: int) -> str:
+    """1 <= n <= 9999 in kanji numerals (三千五百, 二十五); each character is one number gloss."""
+    parts = []
+    for value, unit in ((1000, "千"), (100, "百"), (10, "十")):
+        digit, n = divmod(n, value)
+        if digit:
+            parts.append(("" if digit == 1 else _DIGITS[digit]) + unit)
+    if n:
+        parts.append(_DIGITS[n])
+    return "".join(parts)
+
+
+def _number(rng: random.Random, n: int) -> tuple[str, list[str]]:
+    # Arabic digits sometimes, as people type them; the glosses are always the kanji numerals.
+    kanji = kanji_number(n)
+    return (str(n) if rng.random() < 0.25 else kanji), list(kanji)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sentence templates. Each returns (japanese, glosses without brackets) or None when the draw is unusable.
+# ---------------------------------------------------------------------------------------------------------
+
+_VERB_KINDS = {  # kind -> (tense it needs from a time word, weight when drawn at random)
+    "present": ("nonpast", 14),
+    "past": ("past", 12),
+    "neg": ("nonpast", 9),
+    "neg_past": ("past", 6),
+    "completion": ("done", 7),
+    "not_yet": ("done", 4),
+    "want": ("nonpast", 6),
+    "request": ("nonpast", 4),
+    "can": ("nonpast", 3),
+    "cannot": ("nonpast", 3),
+    "yn": ("nonpast", 7),
+    "yn_past": ("past", 4),
+    "yn_done": ("done", 3),
+    "want_yn": ("nonpast", 2),
+    "wh": ("nonpast", 10),
+    "wh_past": ("past", 6),
+    "why": ("nonpast", 2),
+    "why_neg": ("past", 2),
+}
+_SUFFIX = {
+    "neg": ["ない"],
+    "neg_past": ["ない"],
+    "completion": ["終わる"],
+    "not_yet": ["まだ"],
+    "want": ["好き"],
+    "request": ["お願い"],
+    "can": ["できる"],
+    "cannot": ["無理"],
+    "yn": ["?"],
+    "yn_past": ["?"],
+    "yn_done": ["終わる", "?"],
+    "want_yn": ["好き", "?"],
+    "why": ["なぜ"],
+    "why_neg": ["ない", "なぜ"],
+}
+_TENSES_FOR = {
+    "nonpast": {"future", "any", "habit", "now"},
+    "past": {"past", "any", "habit"},
+}
+_QUESTION_KINDS = {"yn", "yn_past", "yn_done", "want_yn", "wh", "wh_past", "why", "why_neg"}
+
+
+def _statement_end(rng: random.Random) -> str:
+    return rng.choice(["。", "。", ""])
+
+
+def _polite_question_end(rng: random.Random) -> str:
+    return "か" + rng.choice(["", "？", "。"])
+
+
+def _time_phrase(
+    rng: random.Random, lex: _Lexicon, tense: str, clock: bool, fixed: str | None = None
+) -> tuple[str, list[str]] | None:
+    """A sentence-initial time expression compatible with `tense`, or None if there is none."""
+    if tense == "done":
+        candidates = [w for w in lex.times if w.gloss[0] in ("今日", "今朝")]
+    else:
+        candidates = [w for w in lex.times if w.extra["tense"] in _TENSES_FOR[tense]]
+    if fixed is not None:
+        candidates = [w for w in candidates if w.gloss[0] == fixed]
+    elif clock and tense != "done" and rng.random() < 0.35:
+        hour = rng.randint(1, 12)
+        text, glosses = _number(rng, hour)
+        text, glosses = text + "時", glosses + ["時"]
+        if rng.random() < 0.2:
+            text, glosses = text + "半", glosses + ["半"]
+        prefixes = [w for w in lex.clock_prefixes if w.extra["tense"] in _TENSES_FOR[tense]]
+        if prefixes and rng.random() < 0.4:
+            prefix = rng.choice(prefixes)
+            text, glosses = prefix.ja + text, [prefix.gloss[0], *glosses]
+        return text + "に", glosses
+    if not candidates:
+        return None
+    word = rng.choice(candidates)
+    return word.surface(rng) + rng.choice(word.extra["particles"]), list(word.gloss)
+
+
+def _subject(rng: random.Random, lex: _Lexicon, question: bool, exclude: set[str]) -> tuple[str, list[str]]:
+    choices = [w for w in lex.people if w.gloss[0] not in exclude and (question or w.gloss[0] != "あなた")]
+    word = rng.choice(choices)
+    if word.extra.get("family") and rng.random() < 0.15:
+        return "私の" + word.ja, ["私", *word.gloss]
+    return word.surface(rng), list(word.gloss)
+
+
+def _verb_kind(rng: random.Random, verb: _Word, fixed: Mapping) -> str | None:
+    info = verb.extra
+    allowed = []
+    for kind, (_, weight) in _VERB_KINDS.items():
+        if info.get("basic") and kind not in ("present", "past", "neg", "neg_past", "yn", "yn_past"):
+            continue
+        if kind in ("can", "cannot") and not info.get("can"):
+            continue
+        if kind == "request" and info.get("request") is False:
+            continue
+        if "subject" in fixed and kind in ("request", "want", "want_yn"):
+            continue
+        if "wh_slot" in fixed and kind not in ("wh", "wh_past"):
+            continue
+        if "kinds" in fixed and kind not in fixed["kinds"]:
+            continue
+        allowed.append((kind, weight))
+    if not allowed:
+        return None
+    kinds, weights = zip(*allowed, strict=True)
+    return rng.choices(kinds, weights=weights)[0]
+
+
+def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[str, list[str]] | None:
+    verbs = [v for v in lex.verbs if v.gloss[0] == fixed["verb"]] if "verb" in fixed else lex.verbs
+    verb = rng.choice(verbs)
+    info = verb.extra
+    kind = _verb_kind(rng, verb, fixed)
+    if kind is None:
+        return None
+    tense = _VERB_KINDS[kind][0]
+    question = kind in _QUESTION_KINDS
+    polite = rng.random() < 0.6 or kind == "request"
+
+    # Which slot a wh-question asks about.
+    wh_slot = None
+    if kind in ("wh", "wh_past"):
+        slots = ["subject", "time"] + (["object"] if info.get("obj") else []) + (["place"] if info.get("place") else [])
+        wh_slot = fixed.get("wh_slot") or rng.choice(slots)
+
+    # Subject.
+    subject_ja, subject_g = "", []
+    if wh_slot == "subject":
+        subject_ja = "誰が"
+    elif kind in ("want", "want_yn"):
+        if kind == "want" and rng.random() < 0.6:
+            word = lex.person(rng.choice(["私", "私たち"]))
+            subject_ja, subject_g = word.surface(rng) + "は", list(word.gloss)
+        elif kind == "want_yn" and rng.random() < 0.4:
+            subject_ja, subject_g = "あなたは", ["あなた"]
+    elif kind != "request" and ("subject" in fixed or rng.random() < 0.7):
+        if "subject" in fixed:
+            word = lex.person(fixed["subject"])
+            subject_ja, subject_g = word.surface(rng), list(word.gloss)
+        else:
+            subject_ja, subject_g = _subject(rng, lex, question, set())
+        subject_ja += "は"
+
+    # Time.
+    time_ja, time_g = "", []
+    if wh_slot != "time" and ("time" in fixed or rng.random() < 0.5):
+        phrase = _time_phrase(rng, lex, tense, bool(info.get("clock")), fixed.get("time"))
+        if phrase is None:
+            if "time" in fixed:
+                return None
+        else:
+            time_ja, time_g = phrase
+
+    # Companion, place, vehicle, object.
+    companion_ja, companion_g = "", []
+    if info.get("companion") and rng.random() < 0.15:
+        exclude = {"私", "あなた", *subject_g}
+        word = rng.choice([w for w in lex.people if w.gloss[0] not in exclude])
+        companion_ja = word.surface(rng) + rng.choice(["と", "と一緒に"])
+        companion_g = [*word.gloss, "一緒"]
+
+    place_ja, place_g = "", []
+    if info.get("place") and wh_slot != "place":
+        if rng.random() < (0.85 if info["place"] == "dest" else 0.5):
+            word = lex.by_gloss[rng.choice(info["places"])]
+            particle = rng.choice(["に", "へ"]) if info["place"] == "dest" else "で"
+            place_ja, place_g = word.surface(rng) + particle, list(word.gloss)
+
+    vehicle_ja, vehicle_g = "", []
+    if info.get("vehicle") and rng.random() < 0.25:
+        word = rng.choice(lex.category("vehicle"))
+        vehicle_ja, vehicle_g = word.surface(rng) + "で", list(word.gloss)
+
+    object_ja, object_g = "", []
+    if info.get("obj") and wh_slot != "object":
+        if info["obj"] == "person":
+            candidates = [w for w in lex.people if w.gloss[0] not in {"私", "あなた", "私たち", *subject_g}]
+        elif info["obj"] == "room":
+            candidates = lex.words(lex.raw["rooms"])
+        else:
+            candidates = lex.category(info["obj"])
+        if "object" in fixed:
+            candidates = [w for w in candidates if w.gloss[0] == fixed["object"]]
+        if not candidates:
+            return None
+        if "object" in fixed or rng.random() < 0.9:
+            word = rng.choice(candidates)
+            object_ja, object_g = word.surface(rng) + info["particle"], list(word.gloss)
+            if info.get("count") and word.counter and kind in ("present", "past", "want") and rng.random() < 0.3:
+                text, glosses = _number(rng, rng.randint(1, 5))
+                object_ja += text + word.counter
+                object_g += [*glosses, word.counter]
+
+    # The predicate.
+    surface = info["alt"] if info.get("alt") and rng.random() < 0.15 else verb.ja
+    cls = info["class"]
+    adverb = ""
+    q_gloss: list[str] = []
+    if kind == "present":
+        pred = conjugate(surface, cls, "masu" if polite else "dict") + _statement_end(rng)
+    elif kind == "past":
+        pred = conjugate(surface, cls, "mashita" if polite else "ta") + _statement_end(rng)
+    elif kind in ("neg", "neg_past"):
+        polite_form, plain_form = ("masen", "nai") if kind == "neg" else ("masendeshita", "nakatta")
+        if polite and rng.random() < 0.2:
+            pred = conjugate(surface, cls, plain_form) + "です"
+        else:
+            pred = conjugate(surface, cls, polite_form if polite else plain_form)
+        pred += _statement_end(rng)
+    elif kind in ("completion", "yn_done"):
+        ending = _polite_question_end(rng) if kind == "yn_done" and polite else ("？" if kind == "yn_done" else "")
+        if kind == "completion" and info.get("owaru") and rng.random() < 0.4:
+            stem = conjugate(surface, cls, "masu_stem")
+            pred = stem + ("終わりました" if polite else "終わった") + _statement_end(rng)
+        else:
+            adverb = "もう"
+            pred = conjugate(surface, cls, "mashita" if polite else "ta")
+            pred += ending if kind == "yn_done" else _statement_end(rng)
+    elif kind == "not_yet":
+        adverb = "まだ"
+        te = conjugate(surface, cls, "te")
+        pred = te + ("いません" if polite else rng.choice(["いない", "ない"])) + _statement_end(rng)
+    elif kind in ("want", "want_yn"):
+        tai = conjugate(surface, cls, "tai")
+        if kind == "want":
+            pred = tai + ("です" if polite else "") + _statement_end(rng)
+        else:
+            pred = tai + ("です" + _polite_question_end(rng) if polite else "？")
+    elif kind == "request":
+        pred = conjugate(surface, cls, "te") + "ください" + _statement_end(rng)
+    elif kind in ("can", "cannot"):
+        dekiru = {"can": ("できます", "できる"), "cannot": ("できません", "できない")}[kind]
+        pred = conjugate(surface, cls, "dict") + "ことが" + dekiru[0 if polite else 1] + _statement_end(rng)
+    elif kind in ("yn", "yn_past"):
+        if polite:
+            pred = conjugate(surface, cls, "masu" if kind == "yn" else "mashita") + _polite_question_end(rng)
+        else:
+            pred = conjugate(surface, cls, "dict" if kind == "yn" else "ta") + "？"
+    else:  # wh, wh_past, why, why_neg
+        past = kind in ("wh_past", "why_neg")
+        if kind == "why_neg":
+            forms = ("masendeshita", "nakatta")
+        else:
+            forms = ("mashita", "ta") if past else ("masu", "dict")
+        if polite:
+            pred = conjugate(surface, cls, forms[0]) + _polite_question_end(rng)
+        else:
+            pred = conjugate(surface, cls, forms[1]) + rng.choice(["の？", "？"])
+        if kind in ("why", "why_neg"):
+            adverb = rng.choice(["なぜ", "どうして"])
+        elif wh_slot == "subject":
+            q_gloss = ["誰"]
+        elif wh_slot == "time":
+            if info.get("clock") and rng.random() < 0.4:
+                adverb, q_gloss = "何時に", ["何時"]
+            else:
+                adverb, q_gloss = "いつ", ["いつ"]
+        elif wh_slot == "object":
+            who = info["obj"] == "person"
+            object_ja = ("誰" if who else "何") + info["particle"]
+            q_gloss = ["誰" if who else "何"]
+        else:
+            place_ja = "どこ" + (rng.choice(["に", "へ"]) if info["place"] == "dest" else "で")
+            q_gloss = ["どこ"]
+
+    # Japanese order: time and subject in either order, then companion, place/vehicle, object, predicate.
+    head = [time_ja, subject_ja] if rng.random() < 0.5 else [subject_ja, time_ja]
+    if head[0] == time_ja and time_ja and rng.random() < 0.3:
+        head[0] += "、"
+    middle = [companion_ja] + ([place_ja, vehicle_ja] if rng.random() < 0.6 else [vehicle_ja, place_ja])
+    if adverb in ("なぜ", "どうして", "何時に", "いつ"):
+        middle.insert(0, adverb)
+        adverb = ""
+    tail = [object_ja]
+    if adverb:
+        tail.insert(0 if rng.random() < 0.5 else 1, adverb)
+    japanese = "".join(head + middle + tail) + pred
+    glosses = (
+        time_g
+        + subject_g
+        + companion_g
+        + place_g
+        + vehicle_g
+        + object_g
+        + [verb.gloss[0]]
+        + _SUFFIX.get(kind, [])
+        + q_gloss
+    )
+    return japanese, glosses
+
+
+def _topic(rng: random.Random, lex: _Lexicon, group: str) -> tuple[str, list[str]] | None:
+    """A noun phrase an adjective of `group` can describe: maybe with a pointing sign or a possessor."""
+    groups = lex.raw["topic_groups"]
+    if group in groups:
+        word = lex.by_gloss[rng.choice(groups[group])]
+    elif group == "food":
+        word = rng.choice(lex.category("food") + lex.category("drink"))
+    elif group in ("thing", "animal", "activity", "season", "body"):
+        word = rng.choice(lex.category(group))
+    else:
+        return None
+    gloss = " ".join(word.gloss)
+    if gloss in lex.raw["demonstrative_nouns"] and rng.random() < 0.4:
+        return rng.choice(["この", "その", "あの"]) + word.ja, ["IX", *word.gloss]
+    if (word.extra.get("family") or group in ("thing", "animal")) and rng.random() < 0.15:
+        return "私の" + word.ja, ["私", *word.gloss]
+    return word.surface(rng), list(word.gloss)
+
+
+def _adjective_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[str, list[str]] | None:
+    adjectives = lex.adjectives
+    if "adjective" in fixed:
+        adjectives = [a for a in adjectives if a.gloss[0] == fixed["adjective"]]
+    adj = rng.choice(adjectives)
+    group = rng.choice(adj.extra["topics"])
+    kinds = {"present": 6, "past": 3, "neg": 4, "neg_past": 2, "yn": 3, "yn_past": 1, "dou": 1, "dou_past": 1}
+    if group in ("feeling", "body", "weather_time", "weather"):
+        kinds = {k: w for k, w in kinds.items() if not k.startswith("dou")}
+    if "kinds" in fixed:
+        kinds = {k: w for k, w in kinds.items() if k in fixed["kinds"]}
+    kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
+    tense = "past" if kind.endswith("past") else "nonpast"
+    polite = rng.random() < 0.6
+    question = kind.startswith(("yn", "dou"))
+
+    time_ja, time_g = "", []
+    topic_ja, topic_g = "", []
+    if group == "weather_time":
+        word = rng.choice([w for w in lex.words(lex.raw["topic_groups"]["weather_time"]) if w.extra["tense"] in _TENSES_FOR[tense]])
+        topic_ja, time_g = word.surface(rng) + "は", list(word.gloss)
+    elif group in ("feeling", "body", "weather"):
+        if group == "feeling" or rng.random() < 0.3:
+            who = "あなた" if question else "私"
+            if group == "feeling" and rng.random() < 0.4:
+                who = ""
+            if who:
+                word = lex.person(who)
+                topic_ja, topic_g = word.surface(rng) + "は", list(word.gloss)
+        if group == "body":
+            word = rng.choice(lex.category("body"))
+            topic_ja, topic_g = topic_ja + word.surface(rng) + "が", topic_g + list(word.gloss)
+        elif group == "weather":
+            topic_ja, topic_g = "天気が", ["天気"]
+    else:
+        topic = _topic(rng, lex, group)
+        if topic is None:
+            return None
+        topic_ja, topic_g = topic[0] + "は", topic[1]
+
+    if group in ("weather_place", "weather", "activity", "person", "feeling") and rng.random() < 0.35:
+        words = [w for w in lex.times if w.extra["tense"] in _TENSES_FOR[tense] and w.extra["tense"] != "habit"]
+        word = rng.choice(words)
+        time_g = list(word.gloss)
+        if group in ("weather_place", "activity") and topic_ja:
+            time_ja = word.surface(rng) + "の"
+        else:
+            time_ja = word.surface(rng) + rng.choice(["、", "は"] if group == "weather" else ["、", ""])
+
+    if kind.startswith("dou"):
+        if polite:
+            pred = ("どうでした" if kind == "dou_past" else "どうです") + _polite_question_end(rng)
+        else:
+            pred = "どうだった？" if kind == "dou_past" else "どう？"
+        return time_ja + topic_ja + pred, time_g + topic_g + ["どう"]
+
+    surface = adj.extra["alt"] if adj.extra.get("alt") and rng.random() < 0.15 else adj.ja
+    cls = adj.extra["class"]
+    if cls == "ii" and surface != "いい":
+        cls = "i"
+    pred = _adjective_form(surface, cls, "yn" if kind == "yn" else kind, polite, rng)
+    if not question:
+        pred += _statement_end(rng)
+    elif polite:
+        pred = pred[:-1] + _polite_question_end(rng)
+    intensifier_ja, intensifier_g = "", []
+    if kind in ("present", "past", "yn") and rng.random() < 0.2:
+        intensifier_ja, intensifier_g = "とても", ["とても"]
+    suffix = {"neg": ["ない"], "neg_past": ["ない"], "yn": ["?"], "yn_past": ["?"]}.get(kind, [])
+    japanese = time_ja + topic_ja + intensifier_ja + pred
+    return japanese, time_g + topic_g + intensifier_g + [adj.gloss[0]] + suffix
+
+
+def _copula_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[str, list[str]]:
+    kind = rng.choices(["present", "past", "neg", "neg_past", "yn", "wh"], weights=[6, 1, 3, 1, 3, 2])[0]
+    polite = rng.random() < 0.6
+    question = kind in ("yn", "wh")
+    if rng.random() < 0.3:  # これは本です: pointing at a thing
+        word = rng.choice(lex.category("thing") + lex.category("food"))
+        topic_ja, topic_g = rng.choice(["これ", "それ", "あれ"]) + "は", ["IX"]
+        pred_word = word
+    else:
+        if rng.random() < 0.25 or kind == "wh":
+            topic_ja, topic_g = rng.choice(["この人", "その人", "あの人"]) + "は", ["IX", "人"]
+        else:
+            topic_ja, topic_g = _subject(rng, lex, question, set())
+            topic_ja += "は"
+        pred_word = rng.choice(lex.roles)
+        if topic_g[0] in ("彼", "彼女", "IX") and rng.random() < 0.3:
+            pred_word = rng.choice([w for w in lex.people if w.extra.get("family")])
+            topic_ja, topic_g = topic_ja + "私の", topic_g + ["私"]
+    if kind == "wh":
+        if topic_g == ["IX"]:
+            return topic_ja + "何" + (_polite_question_end(rng).replace("か", "ですか", 1) if polite else "？"), ["IX", "何"]
+        return topic_ja + "誰" + ("です" + _polite_question_end(rng) if polite else "？"), topic_g + ["誰"]
+    pred = _adjective_form(pred_word.ja, "noun", kind, polite, rng)
+    if not question:
+        pred += _statement_end(rng)
+    elif polite:
+        pred = pred[:-1] + _polite_question_end(rng)
+    suffix = {"neg": ["違う"], "neg_past": ["違う"], "yn": ["?"]}.get(kind, [])
+    return topic_ja + pred, topic_g + list(pred_word.gloss) + suffix
+
+
+def _exist_form(animate: bool, form: str, polite: bool) -> str:
+    if animate:
+        return conjugate("いる", "ichidan", {"present": "masu", "past": "mashita", "neg": "masen"}[form] if polite else {"present": "dict", "past": "ta", "neg": "nai"}[form])
+    polite_forms = {"present": "あります", "past": "ありました", "neg": "ありません"}
+    plain_forms = {"present": "ある", "past": "あった", "neg": "ない"}
+    return (polite_forms if polite else plain_forms)[form]
+
+
+def _existence_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[str, list[str]]:
+    place_gloss = rng.choice(list(lex.raw["existence"]))
+    place = lex.by_gloss[place_gloss]
+    thing = lex.by_gloss[rng.choice(lex.raw["existence"][place_gloss])]
+    animate = thing.gloss[0] in lex.raw["animate"]
+    verb = "いる" if animate else "ある"
+    kind = rng.choices(["present", "past", "neg", "yn", "where", "what", "count"], weights=[4, 1, 3, 3, 2, 2, 2])[0]
+    polite = rng.random() < 0.6
+    if kind == "count" and not animate:
+        kind = "present"
+    if kind == "where":
+        pred = "どこに" + (_exist_form(animate, "present", True) + _polite_question_end(rng) if polite else _exist_form(animate, "present", False) + "の？")
+        return thing.surface(rng) + "は" + pred, [*thing.gloss, verb, "どこ"]
+    if kind == "what":
+        person = thing.gloss[0] in ("子供", "人", "先生", "友達")
+        qword = "誰" if person else "何"
+        pred = _exist_form(animate, "present", polite) + (_polite_question_end(rng) if polite else "？")
+        return place.surface(rng) + "に" + qword + "が" + pred, [*place.gloss, verb, qword]
+    quantity_ja, quantity_g = "", []
+    if kind == "count":
+        counter = "人" if thing.gloss[0] in ("子供", "人", "先生", "友達") else "匹"
+        text, glosses = _number(rng, rng.randint(2, 9))
+        quantity_ja, quantity_g = text + counter, [*glosses, counter]
+        kind = "present"
+    if kind == "yn":
+        pred = _exist_form(animate, "present", polite) + (_polite_question_end(rng) if polite else "？")
+        suffix = ["?"]
+    else:
+        pred = _exist_form(animate, kind, polite) + _statement_end(rng)
+        suffix = ["ない"] if kind == "neg" else []
+    marker = "には" if kind == "neg" and rng.random() < 0.5 else "に"
+    japanese = place.surface(rng) + marker + thing.surface(rng) + "が" + quantity_ja + pred
+    return japanese, [*place.gloss, *thing.gloss, *quantity_g, verb, *suffix]
+
+
+def _family_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[str, list[str]]:
+    kin = rng.choice([w for w in lex.people if w.extra.get("family") and w.gloss[0] not in ("父", "母", "夫", "妻")] + lex.category("kin"))
+    kind = rng.choice(["count", "count", "yn", "neg", "how_many", "family_size"])
+    polite = rng.random() < 0.6
+    subject_ja, subject_g = ("私は", ["私"]) if rng.random() < 0.4 else ("", [])
+    if kind == "family_size":
+        end = "です" + _polite_question_end(rng) if polite else "？"
+        return subject_ja + "家族は何人" + end, subject_g + ["家族", "何人"]
+    if kind == "how_many":
+        end = "います" + _polite_question_end(rng) if polite else "いるの？"
+        return kin.ja + "は何人" + end, [*kin.gloss, "いる", "何人"]
+    if kind == "yn":
+        end = "います" + _polite_question_end(rng) if polite else "いる？"
+        return kin.surface(rng) + "が" + end, [*kin.gloss, "いる", "?"]
+    if kind == "neg":
+        return subject_ja + kin.surface(rng) + "は" + ("いません" if polite else "いない") + _statement_end(rng), subject_g + [*kin.gloss, "いる", "ない"]
+    text, glosses = _number(rng, rng.randint(1, 4))
+    end = ("います" if polite else "いる") + _statement_end(rng)
+    return subject_ja + kin.surface(rng) + "が" + text + "人" + end, subject_g + [*kin.gloss, *glosses, "人", "いる"]
+
+
+def _preference_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[str, list[str]]:
+    """好き / 嫌い / 欲しい / できる / 上手 / 下手 with a noun object marked by が."""
+    frame = rng.choices(["like", "want", "skill"], weights=[5, 2, 3])[0]
+    kind = rng.choices(["present", "neg", "yn", "wh"], weights=[6, 3, 3, 2])[0]
+    polite = rng.random() < 0.6
+    question = kind in ("yn", "wh")
+    subject_ja, subject_g = "", []
+    if frame == "want":
+        if rng.random() < 0.5:
+            subject_ja, subject_g = ("あなたは", ["あなた"]) if question else ("私は", ["私"])
+    elif rng.random() < 0.6:
+        subject_ja, subject_g = _subject(rng, lex, question, set())
+        subject_ja += "は"
+    cat, predicate = {"like": ("like", rng.choice(["好き", "好き", "嫌い"])), "want": ("want", "欲しい"), "skill": ("skill", rng.choice(["できる", "上手", "下手"]))}[frame]
+    noun = rng.choice(lex.category(cat))
+    if kind == "wh" and predicate in ("下手", "嫌い"):
+        kind = "present"
+    if kind == "wh":
+        if predicate == "欲しい":
+            pred = "欲しいです" + _polite_question_end(rng) if polite else "欲しいの？"
+        elif predicate == "できる":
+            pred = "できます" + _polite_question_end(rng) if polite else "できるの？"
+        else:
+            pred = predicate + ("です" + _polite_question_end(rng) if polite else "なの？")
+        return subject_ja + "何が" + pred, subject_g + [predicate, "何"]
+    if predicate == "できる":
+        forms = {"present": ("できます", "できる"), "neg": ("できません", "できない"), "yn": ("できますか", "できる？")}
+        pred = forms[kind][0 if polite else 1]
+        gloss_pred = {"present": ["できる"], "neg": ["無理"], "yn": ["できる", "?"]}[kind]
+    else:
+        cls = "i" if predicate == "欲しい" else "na"
+        pred = _adjective_form(predicate, cls, kind, polite, rng)
+        gloss_pred = [predicate] + {"neg": ["ない"], "yn": ["?"]}.get(kind, [])
+        if kind == "present" and predicate == "好き" and rng.random() < 0.25:
+            pred = rng.choice(["大好き", "とても好き"]) + ("です" if polite else "")
+            gloss_pred = ["とても", "好き"]
+    if question:
+        pred = pred[:-1] + _polite_question_end(rng) if polite else pred
+    else:
+        pred += _statement_end(rng)
+    particle = "は" if kind == "neg" and rng.random() < 0.5 else "が"
+    return subject_ja + noun.surface(rng) + particle + pred, subject_g + list(noun.gloss) + gloss_pred
+
+
+def _number_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[str, list[str]]:
+    """Prices, ages and the time of day."""
+    frame = rng.choice(["price", "price", "age", "age", "clock"])
+    polite = rng.random() < 0.6
+    if frame == "price":
+        word = rng.choice([w for w in lex.category("buy") if "thing" in w.cats or "food" in w.cats])
+        if rng.random() < 0.7:
+            topic_ja, topic_g = rng.choice(["この", "その", "あの"]) + word.ja + "は", ["IX", *word.gloss]
+        else:
+            topic_ja, topic_g = rng.choice(["これ", "それ", "あれ"]) + "は", ["IX"]
+        if rng.random() < 0.35:
+            end = "いくらですか" + rng.choice(["", "？", "。"]) if polite else "いくら？"
+            return topic_ja + end, topic_g + ["いくら"]
+        price = rng.choice([100 * rng.randint(1, 9), 1000 * rng.randint(1, 9), 1000 * rng.randint(1, 9) + 100 * rng.randint(1, 9)])
+        text, glosses = _number(rng, price)
+        past = rng.random() < 0.25
+        end = ("でした" if past else "です") if polite else ("だった" if past else "")
+        return topic_ja + text + "円" + end + _statement_end(rng), topic_g + glosses + ["円"]
+    if frame == "age":
+        word = rng.choice([w for w in lex.people if w.gloss[0] not in ("私たち",)])
+        if word.gloss[0] in ("子供", "弟", "妹"):
+            age = rng.randint(1, 15)
+        elif word.gloss[0] in ("祖父", "祖母"):
+            age = rng.randint(60, 99)
+        else:
+            age = rng.randint(18, 59)
+        question = word.gloss[0] == "あなた" or rng.random() < 0.3
+        if question:
+            end = "何歳です" + _polite_question_end(rng) if polite else "何歳？"
+            return word.surface(rng) + "は" + end, [*word.gloss, "何歳"]
+        text, glosses = _number(rng, age)
+        end = "歳" + ("です" if polite else "") + _statement_end(rng)
+        return word.surface(rng) + "は" + text + end, [*word.gloss, *glosses, "歳"]
+    if rng.random() < 0.3:
+        return "今" + rng.choice(["", "、"]) + ("何時です" + _polite_question_end(rng) if polite else "何時？"), ["今", "何時"]
+    text, glosses = _number(rng, rng.randint(1, 12))
+    half = rng.random() < 0.25
+    return (
+        "今" + rng.choice(["", "、", "は"]) + text + "時" + ("半" if half else "") + ("です" if polite else "") + _statement_end(rng),
+        ["今", *glosses, "時"] + (["半"] if half else []),
+    )
+
+
+_TEMPLATES = (
+    (_verb_sentence, 60),
+    (_adjective_sentence, 16),
+    (_copula_sentence, 6),
+    (_existence_sentence, 6),
+    (_family_sentence, 3),
+    (_preference_sentence, 6),
+    (_number_sentence, 3),
+)
+# How each held-out pairing is produced for the test split: (template, fixed slots).
+_HELD_OUT_RECIPES = {
+    ("<母>", "<読む>"): (_verb_sentence, {"subject": "母", "verb": "読む"}),
+    ("<先生>", "<泳ぐ>"): (_verb_sentence, {"subject": "先生", "verb": "泳ぐ"}),
+    ("<友達>", "<買う>"): (_verb_sentence, {"subject": "友達", "verb": "買う"}),
+    ("<田中>", "<働く>"): (_verb_sentence, {"subject": "田中", "verb": "働く"}),
+    ("<明日>", "<書く>"): (_verb_sentence, {"time": "明日", "verb": "書く"}),
+    ("<昨日>", "<会う>"): (_verb_sentence, {"time": "昨日", "verb": "会う"}),
+    ("<毎日>", "<走る>"): (_verb_sentence, {"time": "毎日", "verb": "走る"}),
+    ("<来週>", "<旅行>"): (_verb_sentence, {"time": "来週", "verb": "旅行"}),
+    ("<飲む>", "<ない>"): (_verb_sentence, {"verb": "飲む", "kinds": ("neg", "neg_past", "why_neg")}),
+    ("<待つ>", "<ない>"): (_verb_sentence, {"verb": "待つ", "kinds": ("neg", "neg_past", "why_neg")}),
+    ("<起きる>", "<ない>"): (_verb_sentence, {"verb": "起きる", "kinds": ("neg", "neg_past", "why_neg")}),
+    ("<洗う>", "<終わる>"): (_verb_sentence, {"verb": "洗う", "kinds": ("completion", "yn_done")}),
+    ("<作る>", "<終わる>"): (_verb_sentence, {"verb": "作る", "kinds": ("completion", "yn_done")}),
+    ("<高い>", "<ない>"): (_adjective_sentence, {"adjective": "高い", "kinds": ("neg", "neg_past")}),
+    ("<静か>", "<ない>"): (_adjective_sentence, {"adjective": "静か", "kinds": ("neg", "neg_past")}),
+    ("<帰る>", "<いつ>"): (_verb_sentence, {"verb": "帰る", "wh_slot": "time"}),
+    ("<使う>", "<何>"): (_verb_sentence, {"verb": "使う", "wh_slot": "object"}),
+    ("<テレビ>", "<見る>"): (_verb_sentence, {"verb": "見る", "object": "テレビ"}),
+    ("<日本語>", "<教える>"): (_verb_sentence, {"verb": "教える", "object": "日本語"}),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building the corpus
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _bracket(glosses: list[str]) -> str:
+    return " ".join(f"<{g}>" for g in glosses)
+
+
+def _held_out_in(gloss: str) -> list[tuple[str, str]]:
+    tokens = set(gloss.split())
+    return [(a, b) for _, a, b in HELD_OUT_PAIRINGS if a in tokens and b in tokens]
+
+
+def _load_hand_written() -> list[tuple[str, str]]:
+    pairs = []
+    for number, line in enumerate(HAND_WRITTEN_FILE.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        japanese, gloss = line.split("\t")
+        if not gloss.strip():
+            raise ValueError(f"{HAND_WRITTEN_FILE.name} line {number} has no gloss")
+        pairs.append((japanese.strip(), " ".join(gloss.split())))
+    return pairs
+
+
+class _PairSet:
+    """Unique Japanese sentences, each with one gloss (a second, different gloss is a generator bug)."""
+
+    def __init__(self) -> None:
+        self.gloss_of: dict[str, str] = {}
+
+    def add(self, japanese: str, gloss: str) -> bool:
+        for token in gloss.split():
+            if not (token.startswith("<") and token.endswith(">")) or token in PARTICLE_GLOSSES:
+                raise ValueError(f"bad gloss token {token!r} for {japanese!r}")
+        if unicodedata.normalize("NFKC", gloss) != gloss:
+            raise ValueError(f"gloss {gloss!r} changes under NFKC; the tokenizer would see another string")
+        known = self.gloss_of.get(japanese)
+        if known is not None:
+            if known != gloss:
+                raise ValueError(f"{japanese!r} glossed two ways: {known!r} and {gloss!r}")
+            return False
+        self.gloss_of[japanese] = gloss
+        return True
+
+
+def _draw(rng: random.Random, template, fixed: Mapping) -> tuple[str, str] | None:
+    result = template(rng, _lexicon(), fixed)
+    return None if result is None else (result[0], _bracket(result[1]))
+
+
+def _choose_validation(rng: random.Random, pool: list[dict], size: int) -> tuple[list[dict], list[dict]]:
+    """Move `size` random rows to validation, keeping every gloss they use in train at least once."""
+    order = list(range(len(pool)))
+    rng.shuffle(order)
+    counts = Counter(token for row in pool for token in row["gloss"].split())
+    chosen: set[int] = set()
+    for index in order:
+        if len(chosen) == size:
+            break
+        tokens = pool[index]["gloss"].split()
+        if all(counts[token] > tokens.count(token) for token in set(tokens)):
+            counts.subtract(tokens)
+            chosen.add(index)
+    validation = [pool[i] for i in order if i in chosen]
+    train = [pool[i] for i in order if i not in chosen]
+    return train, validation
+
+
+def build_corpus(seed: int = 0) -> dict[str, list[dict]]:
+    """Regenerate the corpus: {"train": [...], "validation": [...], "test": [...]}, rows with id/ja/gloss/source.
+
+    Deterministic in `seed`. Test holds every row with a held-out pairing (`HELD_OUT_PAIRINGS`) and only
+    glosses and characters that train also has; train and validation never contain a held-out pairing.
+    """
+    rng = random.Random(seed)
+    seen = _PairSet()
+    test: list[dict] = []
+    pool: list[dict] = []
+
+    for japanese, gloss in _load_hand_written():
+        if seen.add(japanese, gloss):
+            (test if _held_out_in(gloss) else pool).append({"ja": japanese, "gloss": gloss, "source": "hand"})
+
+    for _, first, second in HELD_OUT_PAIRINGS:
+        template, fixed = _HELD_OUT_RECIPES[(first, second)]
+        made = 0
+        for _ in range(_MAX_ATTEMPTS):
+            if made == TEST_PER_PAIRING:
+                break
+            drawn = _draw(rng, template, fixed)
+            if drawn is None or (first, second) not in _held_out_in(drawn[1]):
+                continue
+            if seen.add(*drawn):
+                test.append({"ja": drawn[0], "gloss": drawn[1], "source": "template"})
+                made += 1
+        if made < TEST_PER_PAIRING:
+            raise RuntimeError(f"only {made} distinct test sentences for the pairing {first} {second}")
+
+    templates, weights = zip(*_TEMPLATES, strict=True)
+    generated = 0
+    for _ in range(_MAX_ATTEMPTS):
+        if generated == TEMPLATE_PAIRS:
+            break
+        drawn = _draw(rng, rng.choices(templates, weights=weights)[0], {})
+        if drawn is None or _held_out_in(drawn[1]):
+            continue
+        if seen.add(*drawn):
+            pool.append({"ja": drawn[0], "gloss": drawn[1], "source": "template"})
+            generated += 1
+
+    validation_size = round(VALIDATION_FRACTION * (len(pool) + len(test)))
+    train, validation = _choose_validation(rng, pool, validation_size)
+    train_glosses = {token for row in train for token in row["gloss"].split()}
+    train_chars = {char for row in train for char in row["ja"]}
+    test = [
+        row
+        for row in test
+        if set(row["gloss"].split()) <= train_glosses and set(row["ja"]) <= train_chars
+    ]
+    rng.shuffle(test)
+    splits = {"train": train, "validation": validation, "test": test}
+    return {
+        name: [{"id": f"jsl-{name}-{i:05d}", **row} for i, row in enumerate(rows)] for name, rows in splits.items()
+    }
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def write_corpus(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Write `build_corpus(seed)` as `{train,validation,test}.jsonl` in `out_dir`; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, rows in build_corpus(seed).items():
+        paths[name] = out_dir / f"{name}.jsonl"
+        paths[name].write_text(_jsonl(rows), encoding="utf-8", newline="\n")
+    return paths
+
+
+def corpus_summary(splits: Mapping[str, list[dict]]) -> dict[str, int]:
+    """Pairs per split, total pairs and distinct glosses overall (the figures quoted in data/README.md)."""
+    summary = {name: len(rows) for name, rows in splits.items()}
+    summary["total"] = sum(summary.values())
+    summary["distinct_glosses"] = len(gloss_vocabulary(row for rows in splits.values() for row in rows))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate (or check) the shipped JSL gloss corpus.")
+    parser.add_argument("--out", type=Path, default=CORPUS_DIR, help="output folder (default: the package's)")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (the shipped corpus uses 0)")
+    parser.add_argument("--check", action="store_true", help="verify the files in --out instead of writing")
+    args = parser.parse_args(argv)
+    splits = build_corpus(args.seed)
+    if args.check:
+        stale = [name for name, rows in splits.items() if not (args.out / f"{name}.jsonl").is_file()
+                 or (args.out / f"{name}.jsonl").read_text(encoding="utf-8") != _jsonl(rows)]
+        if stale:
+            print(f"stale corpus files in {args.out}: {', '.join(stale)}; rerun without --check")
+            return 1
+    else:
+        write_corpus(args.out, args.seed)
+    print(json.dumps(corpus_summary(splits), ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
