@@ -180,7 +180,14 @@ def _launch(config: str, tmp_path: Path) -> list[dict[str, int]]:
     script.write_text(_PROBE.format(out=str(tmp_path / "out")))
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config), str(script)],
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(CONFIGS / config),
+            str(script),
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -642,6 +642,7 @@ def plan_command(argv: list[str]) -> int:
     parser.add_argument("--optim", choices=OPTIMIZERS)
     args = parser.parse_args(argv)
 
+    budget = parse_size(args.budget)
     settings = _settings_from_target(args.target)
     settings.update({k: v for k, v in vars(args).items() if v is not None and k in _PLAN_KEYS})
     method = settings.get("method", "lora")
@@ -653,7 +654,6 @@ def plan_command(argv: list[str]) -> int:
     if precision == "auto":
         # Only this machine's own device can be probed; fp16 and bf16 store the same 2-byte tensors.
         precision = decide_precision(hw).precision if device == hw.device_type else "fp16"
-    budget = parse_size(args.budget)
 
     model = model_from_config(settings.get("model_name_or_path"))
     model = prepare_for_method(model, method, settings.get("freeze_layers"), settings.get("lora_r", 8))

@@ -86,6 +86,14 @@ def apply_bitfit(model: nn.Module, args=None) -> nn.Module:
     return model
 
 
+def apply_features(model: nn.Module, args=None) -> nn.Module:
+    """Feature extraction with a trained head: the pretrained body is frozen, only the task head trains."""
+    head = set(head_parameter_names(model))
+    for name, param in model.named_parameters():
+        param.requires_grad = name in head
+    return model
+
+
 def lora_config(model: nn.Module, args: LoraArguments, task_type: str = "SEQ_CLS"):
     from peft import LoraConfig
 
@@ -197,6 +205,7 @@ METHODS = {
     "full": apply_full,
     "freeze": apply_freeze,
     "bitfit": apply_bitfit,
+    "features": apply_features,
     "lora": apply_lora,
     "qlora": apply_lora,
 }

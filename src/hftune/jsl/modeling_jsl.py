@@ -112,7 +112,8 @@ class JslAttention(nn.Module):
         scores = torch.matmul(query, key.transpose(-1, -2)) * self.scaling
         if attention_mask is not None:
             scores = scores + attention_mask
-        weights = torch.softmax(scores, dim=-1)
+        # float32 softmax keeps fp16/bf16 runs stable (no-op cast in float32).
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         probs = nn.functional.dropout(weights, p=self.attention_dropout, training=self.training)
         output = torch.matmul(probs, value).transpose(1, 2).reshape(hidden_states.shape)
         return self.out_proj(output), weights
@@ -167,7 +168,7 @@ class JslDecoderLayer(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        self_attention_mask: torch.Tensor,
+        self_attention_mask: torch.Tensor | None,
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
         past_key_values: EncoderDecoderCache | None,
@@ -262,9 +263,12 @@ class JslDecoder(nn.Module):
         hidden_states = self.dropout(
             inputs_embeds + sinusoidal_positions(positions, self.config.d_model, inputs_embeds.dtype)
         )
-        self_mask = causal_mask(
-            query_len, past_len, attention_mask, hidden_states.dtype, hidden_states.device
-        )
+        if query_len == 1 and attention_mask is None:
+            self_mask = None  # one cached decoding step may see every key: skip building a mask per step
+        else:
+            self_mask = causal_mask(
+                query_len, past_len, attention_mask, hidden_states.dtype, hidden_states.device
+            )
         cross_mask = padding_mask(encoder_attention_mask, hidden_states.dtype)
         all_hidden: list[torch.Tensor] = []
         self_attentions: list[torch.Tensor] = []
@@ -339,8 +343,9 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
         self.decoder = JslDecoder(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
-        # Room for a full gloss sequence after the start token; a saved generation_config.json overrides this.
-        self.generation_config.max_length = config.max_target_length + 1
+        # Room for a full gloss sequence (transformers' default max_length of 20 would cut it); a saved
+        # generation_config.json overrides this, and a max_new_tokens passed to generate() wins silently.
+        self.generation_config.max_new_tokens = config.max_target_length
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.encoder.embed_tokens
@@ -405,7 +410,9 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
 
         if encoder_outputs is None:
             if input_ids is None:
-                raise ValueError("JslSeq2SeqForConditionalGeneration.forward needs input_ids or encoder_outputs")
+                raise ValueError(
+                    "JslSeq2SeqForConditionalGeneration.forward needs input_ids or encoder_outputs"
+                )
             encoder_outputs = self.encoder(
                 input_ids,
                 attention_mask=attention_mask,

@@ -1,0 +1,74 @@
+"""BitFit fine-tuning of a text classifier: every bias term and the task head train, all else stays frozen.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml recipes/sentiment_bitfit.py
+
+The run folder holds only the trained tensors (`bitfit_model.safetensors`, a few hundred KB) plus the
+config and tokenizer; `hftune.methods.load_bitfit(run_dir)` puts them back on the base model and returns
+a ready classifier. A model without bias terms (Llama-style) is refused with a clear error.
+"""
+
+from hftune.config import DataArguments, ModelArguments, TrainingArguments, parse_recipe_args
+from hftune.data import load_classification_data
+from hftune.errors import exit_on_user_error
+from hftune.methods import apply_bitfit, save_bitfit
+from hftune.models import embedded_encoder_path, load_classifier, resolve_model_name
+from hftune.training import finish, prepare_training_args, run_classification
+
+RECIPE_DEFAULTS = {
+    # Data
+    "dataset_name": "movie_polarity",
+    # BitFit moves ~0.1% of the weights: it needs a learning rate far above full fine-tuning's
+    "learning_rate": 3e-3,
+    "num_train_epochs": 3,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "warmup_steps": 0.06,
+    "train_sampling_strategy": "group_by_length",
+    # Evaluate and save every epoch, keep the best (checkpoints hold the full model; the artefact does not)
+    "output_dir": "outputs/sentiment_bitfit",
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "validation_accuracy",
+    "logging_steps": 20,
+    "report_to": "none",
+}
+
+
+@exit_on_user_error
+def main() -> None:
+    model_args, data_args, training_args = parse_recipe_args(
+        (ModelArguments, DataArguments, TrainingArguments), RECIPE_DEFAULTS
+    )
+    data = load_classification_data(data_args, seed=training_args.seed)
+
+    base_model = resolve_model_name(model_args.model_name_or_path, default=embedded_encoder_path())
+    model, tokenizer = load_classifier(
+        base_model,
+        data.id2label,
+        tokenizer_name=model_args.tokenizer_name,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    model = apply_bitfit(model)
+
+    training_args, decision = prepare_training_args(training_args, model_args, model)
+    run_classification(
+        model,
+        tokenizer,
+        data,
+        training_args,
+        model_args=model_args,
+        data_args=data_args,
+        method="bitfit",
+        artifact="bitfit",
+        decision=decision,
+        base_model=base_model,
+        # Only the trained tensors: the base model comes back from its own folder or Hub id.
+        save_artifact=lambda trained, out_dir: save_bitfit(trained, out_dir, base_model),
+    )
+    finish()
+
+
+if __name__ == "__main__":
+    main()

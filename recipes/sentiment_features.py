@@ -1,0 +1,95 @@
+"""Feature extraction: the pretrained body stays frozen; only a classifier on top of it is fitted.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml recipes/sentiment_features.py
+    ... --pooling cls --projection umap       # [CLS] pooling, UMAP plot of the training features
+    ... --classifier head                     # train only the model's classification head with Trainer
+
+`--classifier logreg` (default) runs the encoder once over the data and fits a scikit-learn logistic
+regression on the pooled hidden states; the run folder keeps the fitted weights as safetensors
+(`hftune.features.load_feature_classifier(run_dir)` reloads them). `--classifier head` trains the
+architecture's own head over the frozen body and saves a normal transformers folder. Both write
+`feature_projection.png`, a 2-D map of the training features coloured by label.
+"""
+
+from hftune.config import (
+    DataArguments,
+    FeatureArguments,
+    ModelArguments,
+    TrainingArguments,
+    parse_recipe_args,
+)
+from hftune.data import load_classification_data
+from hftune.errors import exit_on_user_error
+from hftune.features import plot_projection_of_frozen_body, run_feature_extraction
+from hftune.methods import apply_features
+from hftune.models import embedded_encoder_path, load_classifier, resolve_model_name
+from hftune.training import finish, prepare_training_args, run_classification
+
+RECIPE_DEFAULTS = {
+    # Data
+    "dataset_name": "movie_polarity",
+    # --classifier head: only a small head learns on fixed features, so a high learning rate and more epochs
+    "learning_rate": 5e-3,
+    "num_train_epochs": 5,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,  # also the batch size of feature extraction
+    "warmup_steps": 0.06,
+    "train_sampling_strategy": "group_by_length",
+    "output_dir": "outputs/sentiment_features",
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "validation_accuracy",
+    "logging_steps": 20,
+    "report_to": "none",
+}
+
+
+@exit_on_user_error
+def main() -> None:
+    model_args, data_args, feature_args, training_args = parse_recipe_args(
+        (ModelArguments, DataArguments, FeatureArguments, TrainingArguments), RECIPE_DEFAULTS
+    )
+    data = load_classification_data(data_args, seed=training_args.seed)
+    base_model = resolve_model_name(model_args.model_name_or_path, default=embedded_encoder_path())
+
+    if feature_args.classifier == "logreg":
+        run_feature_extraction(
+            data, training_args, model_args=model_args, data_args=data_args, feature_args=feature_args,
+            base_model=base_model,
+        )  # fmt: skip
+        finish()
+        return
+
+    model, tokenizer = load_classifier(
+        base_model,
+        data.id2label,
+        tokenizer_name=model_args.tokenizer_name,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    model = apply_features(model)
+    training_args, decision = prepare_training_args(training_args, model_args, model)
+    if training_args.process_index == 0:
+        plot_projection_of_frozen_body(
+            model, tokenizer, data, training_args.output_dir, feature_args=feature_args, data_args=data_args,
+            seed=training_args.seed, batch_size=training_args.per_device_eval_batch_size,
+        )  # fmt: skip
+    run_classification(
+        model,
+        tokenizer,
+        data,
+        training_args,
+        model_args=model_args,
+        data_args=data_args,
+        method="features",
+        artifact="full",
+        decision=decision,
+        base_model=base_model,
+        extra_results={"classifier": "head", "pooling_for_projection": feature_args.pooling},
+    )
+    finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,732 @@
+"""Instruction tuning of a causal LM: prompt formats, response-only labels, packing, data, generation.
+
+Each example is a prompt and a response. The prompt is the Alpaca template (`--prompt_format alpaca`) or
+the tokenizer's chat template (`chat`); prompt and response are tokenised separately and concatenated, so
+the prompt tokens seen in training are exactly the ones `generate` sees, and the labels are -100 on every
+prompt token: the loss covers the response (and its end-of-sequence token) only.
+
+Over-long examples lose tokens from the start of the prompt, never from the response; an example whose
+response alone leaves no room for a prompt token is dropped. Both are counted and printed.
+
+`--packing` concatenates short examples into rows of up to `max_seq_length` tokens. Each row carries
+`position_ids` that restart at 0 for every example and no attention mask: transformers then builds a
+block-diagonal causal mask (`masking_utils.find_packed_sequence_indices`, eager and SDPA attention), so no
+token attends across examples. Models whose attention ignores `position_ids` for masking would let it
+cross; the labels stay correct either way (every example starts with a masked prompt token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hftune.errors import HftuneError
+
+JSL_DATASET = "jsl"
+JSL_DATASET_ID = "hftune-jsl-corpus"
+JSL_INSTRUCTION = "次の日本語を日本手話のグロスに翻訳してください"
+PROMPT_FORMATS = ("alpaca", "chat")
+IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
+
+ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+ALPACA_PROMPT_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+# --- arguments -------------------------------------------------------------------------------------
+
+
+@dataclass
+class InstructionDataArguments:
+    dataset_name: str | None = field(
+        default=JSL_DATASET,
+        metadata={
+            "help": f"Hub dataset id with instruction/input/output or messages columns, or `{JSL_DATASET}` "
+            "(embedded: Japanese -> JSL gloss translation from the hftune corpus). Ignored with --train_file."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset configuration name."}
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Local json/jsonl of records: instruction, optional input, output; or messages."},
+    )
+    validation_file: str | None = field(
+        default=None,
+        metadata={"help": "Local validation file. Without one, 10% of the training data is held out."},
+    )
+    test_file: str | None = field(
+        default=None,
+        metadata={"help": "Local held-out file for the final generation scores (else validation)."},
+    )
+    prompt_format: str = field(
+        default="alpaca",
+        metadata={
+            "help": "alpaca: the `### Instruction / ### Input / ### Response` template; chat: the tokenizer's "
+            "chat template with the user turn = instruction + input and the assistant turn = output.",
+            "choices": list(PROMPT_FORMATS),
+        },
+    )
+    max_seq_length: int = field(
+        default=256,
+        metadata={
+            "help": "Longest example in tokens. Longer ones lose the start of the prompt; an example whose "
+            "response alone does not fit is dropped. Both are counted and printed."
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack several short training examples into each row of max_seq_length tokens; attention "
+            "stays within each example (position_ids restart per example)."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training examples (a seeded random subset)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Use at most this many validation and held-out examples (seeded random subsets)."},
+    )
+
+
+@dataclass
+class InstructionArguments:
+    method: str = field(
+        default="lora",
+        metadata={
+            "help": "lora: train low-rank adapters (with --load_in_4bit: QLoRA); full: train every weight.",
+            "choices": ["lora", "full"],
+        },
+    )
+    merge: bool = field(
+        default=False,
+        metadata={"help": "Also save the base model with the adapter merged in, under merged/."},
+    )
+    max_new_tokens: int = field(
+        default=96, metadata={"help": "Generation length cap for the held-out scores."}
+    )
+    generation_batch_size: int = field(
+        default=16, metadata={"help": "Prompts per generate() call (left-padded) for the held-out scores."}
+    )
+
+
+# --- prompts ---------------------------------------------------------------------------------------
+
+
+def render_alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - the Alpaca field name
+    """The Alpaca prompt up to and including `### Response:\\n`; the Input block only when input is non-empty."""
+    if input and input.strip():
+        return ALPACA_PROMPT.format(instruction=instruction, input=input)
+    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def _user_text(record: Mapping[str, Any]) -> str:
+    extra = record.get("input") or ""
+    return f"{record['instruction']}\n\n{extra}" if extra.strip() else str(record["instruction"])
+
+
+def record_messages(record: Mapping[str, Any]) -> tuple[list[dict], str]:
+    """(prompt messages, assistant response) of an Alpaca or `messages` record."""
+    messages = record.get("messages")
+    if messages is None:
+        return [{"role": "user", "content": _user_text(record)}], str(record.get("output") or "")
+    if not messages or messages[-1].get("role") != "assistant":
+        raise HftuneError(
+            f"a `messages` record ends with role {messages[-1].get('role') if messages else None!r}; "
+            "the last message must be the assistant's answer to train on"
+        )
+    return [dict(m) for m in messages[:-1]], str(messages[-1].get("content") or "")
+
+
+def _alpaca_fields(record: Mapping[str, Any]) -> tuple[str, str]:
+    messages = record.get("messages")
+    if messages is None:
+        return str(record["instruction"]), str(record.get("input") or "")
+    prompt_messages, _ = record_messages(record)
+    users = [m for m in prompt_messages if m.get("role") == "user"]
+    if len(users) != 1 or any(m.get("role") not in ("user", "system") for m in prompt_messages):
+        raise HftuneError(
+            "a multi-turn `messages` record cannot be rendered with --prompt_format alpaca; "
+            "use --prompt_format chat"
+        )
+    return str(users[0].get("content") or ""), ""
+
+
+def prompt_ids(record: Mapping[str, Any], tokenizer, prompt_format: str) -> list[int]:
+    """Token ids of the prompt, exactly as training saw them and generation must see them."""
+    if prompt_format == "alpaca":
+        instruction, extra = _alpaca_fields(record)
+        return tokenizer(render_alpaca_prompt(instruction, extra), add_special_tokens=True)["input_ids"]
+    if prompt_format == "chat":
+        prompt_messages, _ = record_messages(record)
+        text = _chat_template(tokenizer, prompt_messages, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    raise HftuneError(
+        f"--prompt_format {prompt_format!r} is unknown; choose one of {', '.join(PROMPT_FORMATS)}"
+    )
+
+
+def _chat_template(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise HftuneError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use --prompt_format alpaca"
+        )
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def response_ids(record: Mapping[str, Any], tokenizer, prompt_format: str) -> list[int]:
+    """Token ids the model must learn to produce after the prompt, ending with end-of-sequence."""
+    prompt_messages, response = record_messages(record)
+    if prompt_format == "chat":
+        # The template's text after the generation prompt: the answer plus its end-of-turn tokens.
+        prompt_text = _chat_template(tokenizer, prompt_messages, add_generation_prompt=True)
+        full_text = _chat_template(
+            tokenizer,
+            [*prompt_messages, {"role": "assistant", "content": response}],
+            add_generation_prompt=False,
+        )
+        if not full_text.startswith(prompt_text):
+            raise HftuneError(
+                f"the chat template of {getattr(tokenizer, 'name_or_path', '')!r} rewrites the prompt when an "
+                "answer follows, so the answer cannot be separated from it; use --prompt_format alpaca"
+            )
+        return tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is None:
+        raise HftuneError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos token; set one")
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+# --- examples: masking, truncation, packing ---------------------------------------------------------
+
+
+@dataclass
+class EncodingReport:
+    kept: int = 0
+    truncated: int = 0  # prompt shortened from the left
+    dropped: int = 0  # the response alone did not fit
+
+    def summary(self, split: str, max_seq_length: int) -> str:
+        return (
+            f"{split}: {self.kept} examples kept, {self.truncated} had their prompt left-truncated and "
+            f"{self.dropped} were dropped (response longer than max_seq_length={max_seq_length} allows)"
+        )
+
+
+def build_example(prompt: Sequence[int], response: Sequence[int], max_seq_length: int) -> dict | None:
+    """input_ids and labels (-100 on the prompt); the prompt is cut from the left to fit, None if nothing fits."""
+    room = max_seq_length - len(response)
+    if room < 1:  # at least one prompt token, so the first response token has something to follow
+        return None
+    prompt = list(prompt)[-room:]
+    return {"input_ids": prompt + list(response), "labels": [IGNORE_INDEX] * len(prompt) + list(response)}
+
+
+def encode_records(
+    records, tokenizer, prompt_format: str, max_seq_length: int
+) -> tuple[list[dict], EncodingReport]:
+    """Encode records (a Dataset or list of dicts) into training examples; the report counts cuts and drops."""
+    examples, report = [], EncodingReport()
+    for record in records:
+        prompt = prompt_ids(record, tokenizer, prompt_format)
+        response = response_ids(record, tokenizer, prompt_format)
+        example = build_example(prompt, response, max_seq_length)
+        if example is None:
+            report.dropped += 1
+            continue
+        report.kept += 1
+        report.truncated += len(prompt) + len(response) > max_seq_length
+        examples.append(example)
+    return examples, report
+
+
+def pack_examples(examples: Sequence[Mapping[str, list[int]]], max_seq_length: int) -> list[dict]:
+    """Concatenate consecutive examples into rows of at most max_seq_length tokens, with per-example position_ids."""
+    rows: list[dict] = []
+    row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for example in examples:
+        n = len(example["input_ids"])
+        if row["input_ids"] and len(row["input_ids"]) + n > max_seq_length:
+            rows.append(row)
+            row = {"input_ids": [], "labels": [], "position_ids": []}
+        row["input_ids"] += example["input_ids"]
+        row["labels"] += example["labels"]
+        row["position_ids"] += list(range(n))
+    if row["input_ids"]:
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class InstructionCollator:
+    """Right-pads a batch: input_ids with the pad id, labels with -100.
+
+    Unpacked rows get an attention mask. Packed rows (with position_ids) get none: their padding is one more
+    segment whose positions restart at 0, so the block-diagonal mask keeps it apart.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, features: list[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        packed = "position_ids" in features[0]
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+        batch["position_ids" if packed else "attention_mask"] = []
+        for f in features:
+            pad = width - len(f["input_ids"])
+            batch["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * pad)
+            batch["labels"].append(list(f["labels"]) + [IGNORE_INDEX] * pad)
+            if packed:
+                batch["position_ids"].append(list(f["position_ids"]) + list(range(pad)))
+            else:
+                batch["attention_mask"].append([1] * len(f["input_ids"]) + [0] * pad)
+        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def _check_columns(dataset, where: str) -> None:
+    columns = set(dataset.column_names)
+    if "messages" in columns or {"instruction", "output"} <= columns:
+        return
+    raise HftuneError(
+        f"{where} has columns {sorted(columns)}; instruction data needs `instruction`, optional `input` and "
+        "`output` columns, or a `messages` column (list of {role, content})"
+    )
+
+
+def jsl_records(split) -> list[dict]:
+    """Corpus rows as Alpaca records: the fixed instruction, the Japanese as input, the glosses as output."""
+    return [{"instruction": JSL_INSTRUCTION, "input": row["ja"], "output": row["gloss"]} for row in split]
+
+
+def load_instruction_splits(args: InstructionDataArguments, seed: int = 42):
+    """(DatasetDict with train, validation and maybe test, dataset name for results)."""
+    import datasets
+    from datasets import Dataset, DatasetDict
+
+    from hftune.data import read_data_file
+
+    if args.train_file:
+        splits = {"train": read_data_file(args.train_file)}
+        for name, path in (("validation", args.validation_file), ("test", args.test_file)):
+            if path:
+                splits[name] = read_data_file(path)
+        source = args.train_file
+    elif args.validation_file or args.test_file:
+        raise HftuneError(
+            "--validation_file/--test_file were given without --train_file; pass --train_file too"
+        )
+    elif args.dataset_name == JSL_DATASET:
+        from hftune.jsl.corpus import load_jsl_corpus
+
+        corpus = load_jsl_corpus()
+        splits = {name: Dataset.from_list(jsl_records(corpus[name])) for name in corpus}
+        source = JSL_DATASET_ID
+    elif args.dataset_name:
+        from hftune.models import fail_fast_when_hub_unreachable
+
+        fail_fast_when_hub_unreachable(args.dataset_name, kind="dataset")
+        try:
+            loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+        except Exception as err:  # datasets raises many types for a missing or malformed repo
+            raise HftuneError(
+                f"dataset {args.dataset_name!r} could not be loaded ({type(err).__name__}: {str(err)[:200]}); "
+                "check the Hub id, or use --train_file for local data"
+            ) from None
+        if "train" not in loaded:
+            raise HftuneError(
+                f"dataset {args.dataset_name!r} has no 'train' split (it has: {', '.join(loaded)})"
+            )
+        splits = {"train": loaded["train"]}
+        validation = next((n for n in ("validation", "valid", "dev") if n in loaded), None)
+        if validation:
+            splits["validation"] = loaded[validation]
+        if "test" in loaded:
+            splits["test"] = loaded["test"]
+        source = args.dataset_name
+    else:
+        raise HftuneError(f"no data given: pass --dataset_name (a Hub id or {JSL_DATASET}) or --train_file")
+    for name, split in splits.items():
+        _check_columns(split, f"{source} ({name} split)")
+    if "validation" not in splits:
+        held = splits["train"].train_test_split(test_size=0.1, seed=seed)
+        splits["train"], splits["validation"] = held["train"], held["test"]
+    if args.max_train_samples is not None:
+        splits["train"] = _subset(splits["train"], args.max_train_samples, seed)
+    if args.max_eval_samples is not None:
+        for name in ("validation", "test"):
+            if name in splits:
+                splits[name] = _subset(splits[name], args.max_eval_samples, seed)
+    return DatasetDict(splits), source
+
+
+def _subset(split, n: int, seed: int):
+    return split if n >= len(split) else split.shuffle(seed=seed).select(range(n))
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+
+def load_causal_lm(
+    name_or_path: str,
+    *,
+    tokenizer_name: str | None = None,
+    trust_remote_code: bool = False,
+    quantization_config=None,
+    dtype: torch.dtype | None = torch.float32,
+):
+    """(model, tokenizer) of a causal LM; the tokenizer gets a pad token (eos) if it has none."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hftune.models import hub_load_error
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_name or name_or_path, trust_remote_code=trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            trust_remote_code=trust_remote_code,
+            quantization_config=quantization_config,
+            dtype=dtype,
+        )
+    except OSError as err:
+        raise hub_load_error(name_or_path, err) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_instruction_model(run_dir: str | Path, *, device: str = "cpu"):
+    """(model, tokenizer, run results) of a saved run: an adapter over its base model, or a full model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {}
+    if (run_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = json.loads((run_dir / "adapter_config.json").read_text(encoding="utf-8"))[
+            "base_model_name_or_path"
+        ]
+        if not Path(base).is_dir() and results.get("base_model_embedded"):
+            from hftune.models import embedded_causal_lm_path
+
+            base = embedded_causal_lm_path()  # the cache moved (another machine or HFTUNE_CACHE)
+        model, _ = load_causal_lm(base)
+        model = PeftModel.from_pretrained(model, str(run_dir))
+    elif (run_dir / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(str(run_dir), dtype=torch.float32)
+    else:
+        raise HftuneError(
+            f"{run_dir} holds neither adapter_config.json nor config.json; pass a folder the "
+            "instruction_tuning recipe saved (or its merged/ subfolder) to --model"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer, results
+
+
+# --- generation ------------------------------------------------------------------------------------
+
+
+def clean_response(text: str) -> str:
+    """The first line of a generated answer with whitespace collapsed: what is scored as glosses."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " ".join(lines[0].split()) if lines else ""
+
+
+@dataclass
+class Generations:
+    texts: list[str]
+    ms_per_sentence: float  # p50 over batches of (batch wall time / batch size)
+    sentences_per_second: float
+
+
+@torch.no_grad()
+def generate_responses(
+    model,
+    tokenizer,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    prompt_format: str = "alpaca",
+    max_new_tokens: int = 96,
+    batch_size: int = 16,
+) -> Generations:
+    """Greedy answers to the records' prompts, batched with left padding; timing per sentence."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts: list[str] = []
+    per_sentence_ms: list[float] = []
+    total_seconds = 0.0
+    for start in range(0, len(records), batch_size):
+        prompts = [prompt_ids(r, tokenizer, prompt_format) for r in records[start : start + batch_size]]
+        width = max(len(p) for p in prompts)
+        # Left padding: every prompt ends at the same column, where generation continues.
+        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        started = time.perf_counter()
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        seconds = time.perf_counter() - started
+        total_seconds += seconds
+        per_sentence_ms.append(1000 * seconds / len(prompts))
+        texts += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    model.train(was_training)
+    return Generations(
+        texts=[t.strip() for t in texts],
+        ms_per_sentence=statistics.median(per_sentence_ms) if per_sentence_ms else 0.0,
+        sentences_per_second=len(records) / total_seconds if total_seconds else 0.0,
+    )
+
+
+def generate_command(argv: list[str]) -> int:
+    """`hftune generate --model DIR [--instruction ...] [--input ...] [--max_new_tokens N]`."""
+    parser = argparse.ArgumentParser(
+        prog="hftune generate", description="Generate with an instruction-tuned model."
+    )
+    parser.add_argument(
+        "--model", required=True, help="Run folder (adapter or full model) or its merged/ folder."
+    )
+    parser.add_argument(
+        "--instruction",
+        default=None,
+        help="The instruction. Default: the run's own (JSL runs: translate to gloss).",
+    )
+    parser.add_argument("--input", default="", help="Optional input the instruction applies to.")
+    parser.add_argument("--max_new_tokens", type=int, default=96, help="Generation length cap.")
+    parser.add_argument(
+        "--prompt_format",
+        choices=PROMPT_FORMATS,
+        default=None,
+        help="Default: the format the run was trained with.",
+    )
+    args = parser.parse_args(argv)
+    if not Path(args.model).is_dir():
+        raise HftuneError(f"--model {args.model!r} is not a folder; pass a run folder the recipe saved")
+    model, tokenizer, results = load_instruction_model(args.model)
+    instruction = args.instruction or results.get("instruction")
+    if not instruction:
+        raise HftuneError(f"{args.model} records no default instruction; pass --instruction")
+    prompt_format = args.prompt_format or results.get("hyperparameters", {}).get("prompt_format", "alpaca")
+    record = {"instruction": instruction, "input": args.input, "output": ""}
+    generations = generate_responses(
+        model,
+        tokenizer,
+        [record],
+        prompt_format=prompt_format,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=1,
+    )
+    print(generations.texts[0])
+    return 0
+
+
+# --- the training run ------------------------------------------------------------------------------
+
+
+def _references(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [clean_response(record_messages(r)[1]) for r in records]
+
+
+def run_instruction_tuning(
+    model,
+    tokenizer,
+    splits,
+    training_args,
+    *,
+    data_args: InstructionDataArguments,
+    instruct_args: InstructionArguments,
+    lora_args,
+    method: str,
+    decision,
+    base_model: str,
+    base_model_embedded: bool,
+    dataset: str,
+) -> dict:
+    """Train with Trainer on response-only labels, score greedy generations on the held-out split, save, report."""
+    from datasets import Dataset
+    from transformers import Trainer
+
+    from hftune.hardware import MemoryCallback
+    from hftune.metrics import gloss_metrics
+    from hftune.models import EMBEDDED_CAUSAL_LM_HUB_ID, count_parameters
+    from hftune.plots import plot_training_curves
+    from hftune.results import directory_size_mb, library_versions
+    from hftune.training import last_checkpoint, log, world_size, write_model_card_and_results
+
+    artifact = "adapter" if method in ("lora", "qlora") else "full"
+    trainable, total = count_parameters(model)
+    log(f"{method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+
+    encoded = {}
+    for name in ("train", "validation"):
+        examples, report = encode_records(
+            splits[name], tokenizer, data_args.prompt_format, data_args.max_seq_length
+        )
+        log(report.summary(name, data_args.max_seq_length))
+        if not examples:
+            raise HftuneError(
+                f"no {name} example fits in --max_seq_length {data_args.max_seq_length}; raise it"
+            )
+        if name == "train" and data_args.packing:
+            examples = pack_examples(examples, data_args.max_seq_length)
+            log(
+                f"train: packed {report.kept} examples into {len(examples)} rows of <= {data_args.max_seq_length} tokens"
+            )
+        encoded[name] = Dataset.from_list(examples)
+
+    memory = MemoryCallback()
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded["validation"],
+        processing_class=tokenizer,
+        data_collator=InstructionCollator(tokenizer.pad_token_id),
+        callbacks=[memory],
+    )
+    resume_from = last_checkpoint(training_args.output_dir)
+    if resume_from:
+        log(f"resuming from {resume_from}")
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.perf_counter() - started
+    validation_loss = trainer.evaluate().get("eval_loss")
+    if not trainer.is_world_process_zero():
+        return {}
+
+    eval_split = "test" if "test" in splits else "validation"
+    held_out = list(splits[eval_split])
+    log(f"generating greedy answers for {len(held_out)} {eval_split} examples ...")
+    generations = generate_responses(
+        trainer.model,
+        tokenizer,
+        held_out,
+        prompt_format=data_args.prompt_format,
+        max_new_tokens=instruct_args.max_new_tokens,
+        batch_size=instruct_args.generation_batch_size,
+    )
+    predictions = [clean_response(text) for text in generations.texts]
+    references = _references(held_out)
+    metrics = gloss_metrics(predictions, references)
+
+    out = Path(training_args.output_dir)
+    # model.save_pretrained, not Trainer.save_model: the latter adds training_args.bin, a pickle.
+    trainer.model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if instruct_args.merge and artifact == "adapter":
+        save_merged(out, base_model, out / "merged")
+    with (out / "predictions.jsonl").open("w", encoding="utf-8") as handle:
+        for record, prediction, reference in zip(held_out, predictions, references, strict=True):
+            row = {
+                "prompt": record_messages(record)[0][-1]["content"],
+                "reference": reference,
+                "prediction": prediction,
+            }
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    plots = [plot_training_curves(trainer.state.log_history, out / "training_curves.png", metric="loss")]
+
+    results = {
+        "task": "instruction-tuning",
+        "method": method,
+        "artifact": artifact,
+        "base_model": EMBEDDED_CAUSAL_LM_HUB_ID if base_model_embedded else base_model,
+        "base_model_path": base_model,
+        "base_model_embedded": base_model_embedded,
+        "dataset": dataset,
+        "language": ["ja"] if dataset == JSL_DATASET_ID else [],
+        "instruction": JSL_INSTRUCTION if dataset == JSL_DATASET_ID else None,
+        "eval_split": eval_split,
+        "split_sizes": {name: len(split) for name, split in splits.items()},
+        "metrics": metrics,
+        "validation_loss": validation_loss,
+        "generation_ms_per_sentence": round(generations.ms_per_sentence, 2),
+        "generation_sentences_per_second": round(generations.sentences_per_second, 2),
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_ratio": trainable / total,
+        "train_runtime_s": round(train_seconds, 2),
+        "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
+        "peak_memory_mb": memory.peak_mb,
+        "world_size": world_size(),
+        "seed": training_args.seed,
+        "device": decision.device,
+        "precision": decision.precision,
+        "resumed_from_checkpoint": resume_from,
+        "hyperparameters": {
+            "prompt_format": data_args.prompt_format,
+            "max_seq_length": data_args.max_seq_length,
+            "packing": data_args.packing,
+            "learning_rate": training_args.learning_rate,
+            "num_train_epochs": training_args.num_train_epochs,
+            "max_steps": training_args.max_steps,
+            "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+            "effective_batch_size": training_args.per_device_train_batch_size
+            * training_args.gradient_accumulation_steps
+            * world_size(),
+            "weight_decay": training_args.weight_decay,
+            "warmup_steps": training_args.warmup_steps,
+            "lr_scheduler_type": getattr(
+                training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type
+            ),
+            "gradient_checkpointing": bool(training_args.activation_checkpointing),
+            "max_new_tokens": instruct_args.max_new_tokens,
+            **(
+                {
+                    "lora_r": lora_args.lora_r,
+                    "lora_alpha": lora_args.lora_alpha,
+                    "lora_dropout": lora_args.lora_dropout,
+                    "lora_target_modules": lora_args.lora_target_modules or "all-linear",
+                    "load_in_4bit": lora_args.load_in_4bit,
+                }
+                if artifact == "adapter"
+                else {}
+            ),
+        },
+        "log_history": trainer.state.log_history,
+        "plots": [p.name for p in plots if p is not None],
+        "versions": library_versions(),
+    }
+    results["disk_size_mb"] = directory_size_mb(out)
+    write_model_card_and_results(out, results)
+    log(
+        f"{eval_split}: exact match {metrics['exact_match']:.3f}, gloss WER {metrics['gloss_wer']:.3f}, "
+        f"{generations.ms_per_sentence:.1f} ms/sentence; saved to {out}"
+    )
+    return results
+
+
+def save_merged(adapter_dir: Path, base_model: str, out: Path) -> Path:
+    """The base model in full precision with the adapter folded in: loads without peft (also after QLoRA)."""
+    from peft import PeftModel
+
+    base, tokenizer = load_causal_lm(base_model)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

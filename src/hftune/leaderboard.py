@@ -1,0 +1,626 @@
+"""`hftune leaderboard`: compare runs side by side, from local run folders or published repos.
+
+One row per (run, evaluated dataset and split): a run's own validation result, then one row per
+`hftune evaluate` result. A local run is read from its `results.json`; a Hub repo from its card's
+model-index (the card is all that is downloaded), with `results.json` added when the repo has one.
+Classifiers, JSL seq2seq models and instruction-tuned models sit in one table: each fills the quality
+columns its task has (accuracy / f1_macro, or gloss_wer / bleu / chrf / exact_match).
+
+`--run` first trains every method in `METHOD_RECIPES` on the same data, model, epochs and seed, each in its
+own `accelerate launch` process writing ROOT/<method>, then renders those runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hftune.errors import HftuneError
+from hftune.results import RESULTS_FILE, read_results
+
+# method -> (recipe file in resource_dir("recipes"), extra flags). `{lower_half}` becomes half the base
+# model's layer count. Adding a method to the leaderboard is one entry here.
+METHOD_RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "features": ("sentiment_features.py", ("--classifier", "logreg")),
+    "freeze": ("sentiment_freeze.py", ("--freeze_embeddings", "--freeze_layers", "{lower_half}")),
+    "full": ("sentiment_freeze.py", ()),
+    "lora": ("sentiment_lora.py", ()),
+    "bitfit": ("sentiment_bitfit.py", ()),
+}
+
+QUALITY_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "gloss_wer", "bleu", "chrf", "exact_match")
+DEFAULT_PLOT_METRICS: tuple[str, ...] = ("accuracy", "exact_match")
+# hftune cards tag themselves with these (results.json conventions): how a card names its task and method.
+TASKS: tuple[str, ...] = ("text-classification", "jsl-seq2seq", "instruction-tuning")
+METHODS: tuple[str, ...] = ("lora", "qlora", "full", "freeze", "bitfit", "features", "scratch")
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    higher_is_better: bool | None  # None: text, sorted A-Z by default
+    fmt: Callable[[Any], str] = str
+    always: bool = True  # False: shown only when some row has a value
+
+
+def _fixed(digits: int) -> Callable[[Any], str]:
+    return lambda value: f"{value:,.{digits}f}"
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("run", "run", None),
+    Column("task", "task", None),
+    Column("method", "method", None),
+    Column("base_model", "base model", None),
+    Column("dataset", "dataset", None),
+    Column("split", "split", None),
+    Column("accuracy", "accuracy", True, _fixed(4), always=False),
+    Column("f1_macro", "f1 macro", True, _fixed(4), always=False),
+    Column("gloss_wer", "gloss WER", False, _fixed(4), always=False),
+    Column("bleu", "BLEU", True, _fixed(2), always=False),
+    Column("chrf", "chrF", True, _fixed(2), always=False),
+    Column("exact_match", "exact match", True, _fixed(4), always=False),
+    Column("trainable_params", "trainable params", False, lambda v: f"{int(v):,}"),
+    Column("trainable_pct", "trainable %", False, lambda v: f"{v:.3g}"),
+    Column("train_time_s", "train time (s)", False, _fixed(1)),
+    Column("samples_per_s", "samples/s", True, _fixed(2)),
+    Column("peak_memory_mb", "peak memory (MB)", False, _fixed(0)),
+    Column("disk_size_mb", "disk size (MB)", False, _fixed(2)),
+    Column("generation_latency_ms", "generation latency (ms)", False, _fixed(1), always=False),
+)
+_COLUMNS_BY_KEY = {column.key: column for column in COLUMNS}
+
+
+# --- rows -------------------------------------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _display_dataset(dataset: Any) -> str:
+    """Local data files are shown as `folder/file`: full paths say nothing on another machine."""
+    text = str(dataset or "")
+    path = Path(text)
+    if path.suffix and len(path.parts) > 2:
+        return "/".join(path.parts[-2:])
+    return text
+
+
+def _efficiency(results: Mapping[str, Any]) -> dict[str, float | None]:
+    trainable, total = _number(results.get("trainable_params")), _number(results.get("total_params"))
+    ratio = _number(results.get("trainable_ratio"))
+    if ratio is None and trainable is not None and total:
+        ratio = trainable / total
+    latency = _number(results.get("generation_latency_ms"))
+    if latency is None:
+        latency = _number((results.get("metrics") or {}).get("generation_latency_ms"))
+    return {
+        "trainable_params": trainable,
+        "trainable_pct": None if ratio is None else 100 * ratio,
+        "train_time_s": _number(results.get("train_runtime_s")),
+        "samples_per_s": _number(results.get("train_samples_per_second")),
+        "peak_memory_mb": _number(results.get("peak_memory_mb")),
+        "disk_size_mb": _number(results.get("disk_size_mb")),
+        "generation_latency_ms": latency,
+    }
+
+
+def _quality(metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    return {name: _number(metrics.get(name)) for name in QUALITY_METRICS}
+
+
+def rows_from_results(
+    results: Mapping[str, Any], run: str, source: str | None = None
+) -> list[dict[str, Any]]:
+    """A run's row (its own eval split) and one per entry of results.json["evaluations"]."""
+    common = {
+        "run": run,
+        "task": results.get("task"),
+        "method": results.get("method"),
+        "base_model": results.get("base_model"),
+        **_efficiency(results),
+        "source": source or run,
+    }
+    rows = [
+        {
+            **common,
+            "dataset": _display_dataset(results.get("dataset")),
+            "split": results.get("eval_split"),
+            **_quality(results.get("metrics") or {}),
+        }
+    ]
+    for evaluation in results.get("evaluations") or []:
+        row = {
+            **common,
+            "dataset": _display_dataset(evaluation.get("dataset")),
+            "split": evaluation.get("split"),
+            **_quality(evaluation.get("metrics") or {}),
+        }
+        latency = _number(evaluation.get("generation_latency_ms"))
+        if latency is not None:
+            row["generation_latency_ms"] = latency
+        rows.append(row)
+    return rows
+
+
+def _card_metadata(card: str | Path) -> dict[str, Any]:
+    from huggingface_hub import ModelCard
+
+    try:
+        loaded = ModelCard.load(card) if isinstance(card, Path) else ModelCard(card)
+    except Exception as err:  # yaml and huggingface_hub raise several types for a broken header
+        where = card if isinstance(card, Path) else "card text"
+        raise HftuneError(
+            f"model card {where}: metadata does not parse ({err}); fix its YAML header"
+        ) from None
+    return loaded.data.to_dict()
+
+
+def rows_from_card(
+    card: str | Path, run: str, results: Mapping[str, Any] | None = None, source: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per (dataset, split) of a card's model-index; `card` is a path or the card's text.
+
+    The card's tags name the hftune task and method; efficiency columns come from `results` when given.
+    """
+    from hftune.cards import read_model_index
+
+    index = read_model_index(card)
+    if not index:
+        raise HftuneError(
+            f"model card of {run} has no model-index results; evaluate it with `hftune evaluate` first"
+        )
+    metadata = _card_metadata(card)
+    tags = metadata.get("tags") or []
+    results = results or {}
+    task = results.get("task") or next((t for t in tags if t in TASKS), metadata.get("pipeline_tag"))
+    method = results.get("method") or next((t for t in tags if t in METHODS), None)
+    common = {
+        "run": run,
+        "task": task,
+        "method": method,
+        "base_model": metadata.get("base_model") or results.get("base_model"),
+        **_efficiency(results),
+        "source": source or run,
+    }
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for result in index:
+        key = (result["dataset_name"] or result["dataset_type"], result["dataset_split"] or "")
+        groups.setdefault(key, {})[result["metric_type"]] = result["metric_value"]
+    return [
+        {**common, "dataset": dataset, "split": split or None, **_quality(metrics)}
+        for (dataset, split), metrics in groups.items()
+    ]
+
+
+def _download_card(repo_id: str) -> tuple[Path, dict[str, Any] | None]:
+    """The repo's README.md (required) and results.json (when published with it), without the weights."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    from hftune.hub import check_repo_id
+
+    check_repo_id(repo_id, "the leaderboard arguments")
+    try:
+        card = Path(hf_hub_download(repo_id, "README.md"))
+    except LocalEntryNotFoundError:
+        raise HftuneError(
+            f"{repo_id} is neither a local run folder nor in the HF cache, and the Hub cannot be reached; "
+            "check the path, or connect once to download the card"
+        ) from None
+    except HfHubHTTPError as err:
+        raise HftuneError(
+            f"{repo_id}: its model card could not be downloaded ({str(err).splitlines()[0]})"
+        ) from None
+    try:
+        results = json.loads(Path(hf_hub_download(repo_id, RESULTS_FILE)).read_text(encoding="utf-8"))
+    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, ValueError):
+        results = None  # not every repo was published by hftune: the card alone still gives the metrics
+    return card, results
+
+
+def collect_rows(sources: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows for run folders (results.json) and Hub repo ids (model-index), in the order given."""
+    rows: list[dict[str, Any]] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            if not (path / RESULTS_FILE).is_file():
+                raise HftuneError(
+                    f"run folder {source} has no {RESULTS_FILE}: it is not a finished hftune run; "
+                    "finish (or re-run) its recipe, or leave it out"
+                )
+            rows += rows_from_results(read_results(path), path.resolve().name, str(path))
+        elif path.exists():
+            raise HftuneError(f"{source} is a file; pass run folders or Hub repo ids")
+        elif source.startswith((".", "/", "~")) or source.count("/") != 1:
+            raise HftuneError(
+                f"run folder {source} does not exist; pass a run's --output_dir or a Hub repo id"
+            )
+        else:
+            card, results = _download_card(source)
+            rows += rows_from_card(card, source, results, source)
+    return rows
+
+
+# --- the table --------------------------------------------------------------------------------------------
+
+
+def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[Column]:
+    return [c for c in COLUMNS if c.always or any(row.get(c.key) is not None for row in rows)]
+
+
+def find_column(name: str, columns: Sequence[Column]) -> Column:
+    """A column by key or header, case-insensitive; an unknown name lists the valid ones."""
+    wanted = name.strip().lower().replace("-", "_")
+    for column in columns:
+        if wanted in (column.key, column.header.lower()):
+            return column
+    raise HftuneError(
+        f"--sort {name!r} is not a column of this leaderboard; sort by one of: {', '.join(c.key for c in columns)}"
+    )
+
+
+def sort_rows(
+    rows: Sequence[dict[str, Any]], column: Column, ascending: bool | None = None
+) -> list[dict[str, Any]]:
+    """Best first by default (highest accuracy, lowest WER/memory/time; text A-Z); missing values last."""
+    if ascending is None:
+        ascending = column.higher_is_better is not True
+    present = [row for row in rows if row.get(column.key) is not None]
+    missing = [row for row in rows if row.get(column.key) is None]
+    key = (
+        (lambda r: str(r[column.key]).lower())
+        if column.higher_is_better is None
+        else (lambda r: r[column.key])
+    )
+    return sorted(present, key=key, reverse=not ascending) + missing
+
+
+def render_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    def cell(column: Column, value: Any) -> str:
+        if value is None:
+            return "-"
+        return column.fmt(value).replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(c.header for c in columns) + " |",
+        "| " + " | ".join("---" if c.higher_is_better is None else "---:" for c in columns) + " |",
+    ]
+    lines += ["| " + " | ".join(cell(c, row.get(c.key)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_leaderboard(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], path: Path) -> Path | None:
+    """One panel per quality metric: metric vs trainable-parameter share (log x), marker area by peak memory.
+
+    Returns None (and writes nothing) when no row has both a metric of `metrics` and a positive share.
+    """
+    panels = []
+    for metric in metrics:
+        points = [r for r in rows if r.get(metric) is not None and (r.get("trainable_pct") or 0) > 0]
+        if points:
+            panels.append((metric, points))
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines and CI
+    import matplotlib.pyplot as plt
+
+    memories = [r["peak_memory_mb"] for _, points in panels for r in points if r.get("peak_memory_mb")]
+    largest = max(memories, default=0.0)
+    methods = sorted({str(r.get("method")) for _, points in panels for r in points})
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, (metric, points) in zip(axes[0], panels, strict=True):
+        for row in points:
+            memory = row.get("peak_memory_mb")
+            size = 60 + 540 * memory / largest if memory and largest else 60
+            method = str(row.get("method"))
+            ax.scatter(
+                row["trainable_pct"], row[metric], s=size, color=colours[method], alpha=0.6, edgecolors="k"
+            )
+            ax.annotate(
+                method, (row["trainable_pct"], row[metric]), textcoords="offset points", xytext=(7, 7)
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (% of total, log scale)")
+        ax.set_ylabel(_COLUMNS_BY_KEY[metric].header)
+        ax.set_title(f"{_COLUMNS_BY_KEY[metric].header} vs trainable share")
+        ax.grid(True, which="both", alpha=0.3)
+    note = f"marker area ~ peak memory (largest {largest:,.0f} MB)" if largest else "peak memory not recorded"
+    fig.text(0.01, 0.01, note, fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class Leaderboard:
+    rows: list[dict[str, Any]]
+    columns: list[Column]
+    sort_column: Column
+    ascending: bool
+    failures: dict[str, str]
+
+    def markdown(self) -> str:
+        text = render_markdown(self.rows, self.columns)
+        if self.failures:
+            text += "\n\nFailed: " + "; ".join(f"{m}: {why}" for m, why in self.failures.items())
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "columns": [{"key": c.key, "header": c.header} for c in self.columns],
+            "sort": {"column": self.sort_column.key, "ascending": self.ascending},
+            "rows": [
+                {c.key: row.get(c.key) for c in self.columns} | {"source": row.get("source")}
+                for row in self.rows
+            ],
+            "failed": self.failures,
+        }
+
+
+def build_leaderboard(
+    rows: list[dict[str, Any]],
+    sort: str | None = None,
+    ascending: bool | None = None,
+    metrics: Sequence[str] = DEFAULT_PLOT_METRICS,
+    failures: Mapping[str, str] | None = None,
+) -> Leaderboard:
+    """Choose the columns and order; by default sort by the first of `metrics` the table has."""
+    if not rows:
+        raise HftuneError("no runs to compare: pass run folders or Hub repo ids (or --run to train them)")
+    columns = table_columns(rows)
+    if sort is None:
+        keys = {c.key for c in columns}
+        sort = next((m for m in metrics if m in keys), next((m for m in QUALITY_METRICS if m in keys), "run"))
+    column = find_column(sort, columns)
+    if ascending is None:
+        ascending = column.higher_is_better is not True
+    return Leaderboard(sort_rows(rows, column, ascending), columns, column, ascending, dict(failures or {}))
+
+
+def write_leaderboard(board: Leaderboard, out_dir: Path, metrics: Sequence[str]) -> dict[str, Path | None]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / "leaderboard.md"
+    markdown.write_text(board.markdown() + "\n", encoding="utf-8")
+    as_json = out_dir / "leaderboard.json"
+    as_json.write_text(json.dumps(board.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return {
+        "markdown": markdown,
+        "json": as_json,
+        "png": plot_leaderboard(board.rows, metrics, out_dir / "leaderboard.png"),
+    }
+
+
+# --- --run: train every method ----------------------------------------------------------------------------
+
+# Flags passed to every recipe when given, so all methods share data, model, budget and seed.
+SHARED_RUN_FLAGS: tuple[str, ...] = (
+    "train_file",
+    "validation_file",
+    "dataset_name",
+    "model_name_or_path",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "max_train_samples",
+    "max_eval_samples",
+    "max_seq_length",
+    "seed",
+)
+
+
+def _layer_count(model_name_or_path: str | None) -> int:
+    from transformers import AutoConfig
+
+    from hftune.models import embedded_encoder_path
+
+    name = model_name_or_path or embedded_encoder_path()
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise HftuneError(
+            f"cannot read the config of --model_name_or_path {name!r} ({err}); check it"
+        ) from None
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
+    if not layers:
+        raise HftuneError(
+            f"model {name!r} has no num_hidden_layers in its config; cannot freeze its lower half"
+        )
+    return int(layers)
+
+
+def method_command(method: str, args: argparse.Namespace, recipe_args: Sequence[str]) -> list[str]:
+    """The `accelerate launch` command line that trains `method` into ROOT/<method>."""
+    from hftune.resources import resource_dir
+
+    recipe_name, extra = METHOD_RECIPES[method]
+    recipe = resource_dir("recipes") / recipe_name
+    if not recipe.is_file():
+        raise HftuneError(f"recipe {recipe} for method {method!r} is missing from this hftune install")
+    config = resource_dir("accelerate_configs") / "cpu.yaml"
+    if any("{lower_half}" in flag for flag in extra):
+        lower_half = str(_layer_count(args.model_name_or_path) // 2)
+        extra = tuple(flag.replace("{lower_half}", lower_half) for flag in extra)
+    shared = []
+    for name in SHARED_RUN_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            shared += [f"--{name}", str(value)]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    return [
+        *launch,
+        str(recipe),
+        *shared,
+        *extra,
+        *recipe_args,
+        "--output_dir",
+        str(Path(args.output_dir) / method),
+    ]
+
+
+def _log_tail(log: Path, lines: int = 3) -> str:
+    text = [
+        line.strip()
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+        if line.strip()
+    ]
+    errors = [line for line in text if line.startswith(("error:", "Error", "Traceback")) or "Error:" in line]
+    return " / ".join((errors or text)[-lines:])[:400]
+
+
+def train_methods(args: argparse.Namespace, recipe_args: Sequence[str]) -> tuple[list[Path], dict[str, str]]:
+    """Train each method in its own process; returns finished run folders and {method: why it failed}."""
+    root = Path(args.output_dir)
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    finished, failures = [], {}
+    for number, method in enumerate(args.methods, 1):
+        run_dir = root / method
+        if (run_dir / RESULTS_FILE).is_file() and not args.overwrite:
+            # Relaunching a finished run resumes from its last checkpoint and would record a near-zero time.
+            print(
+                f"hftune: [{number}/{len(args.methods)}] {method}: reusing finished run {run_dir} (--overwrite retrains)"
+            )
+            finished.append(run_dir)
+            continue
+        if args.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        log = logs / f"{method}.log"
+        try:
+            command = method_command(method, args, recipe_args)
+        except HftuneError as err:
+            failures[method] = str(err)
+            print(f"hftune: [{number}/{len(args.methods)}] {method}: FAILED ({err})", flush=True)
+            continue
+        print(f"hftune: [{number}/{len(args.methods)}] {method}: training (log: {log})", flush=True)
+        started = time.perf_counter()
+        with log.open("w", encoding="utf-8") as handle:
+            handle.write(" ".join(command) + "\n\n")
+            handle.flush()
+            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
+        seconds = time.perf_counter() - started
+        if code == 0 and (run_dir / RESULTS_FILE).is_file():
+            print(f"hftune: [{number}/{len(args.methods)}] {method}: done in {seconds:.0f} s", flush=True)
+            finished.append(run_dir)
+            continue
+        why = f"exit code {code}" if code else f"no {RESULTS_FILE} written"
+        failures[method] = f"{why}: {_log_tail(log)} (log: {log})"
+        print(
+            f"hftune: [{number}/{len(args.methods)}] {method}: FAILED after {seconds:.0f} s, {failures[method]}",
+            flush=True,
+        )
+    return finished, failures
+
+
+# --- command line -----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hftune leaderboard",
+        description="Compare runs side by side (markdown, JSON, PNG). With --run, first train every method. "
+        "Arguments after `--` go to every recipe unchanged.",
+    )
+    parser.add_argument("runs", nargs="*", help="run folders (with results.json) or Hub repo ids ORG/NAME")
+    parser.add_argument(
+        "--sort", help="column to sort by, key or header (default: the first --metric present)"
+    )
+    order = parser.add_mutually_exclusive_group()
+    order.add_argument("--ascending", action="store_true", default=None, help="smallest first")
+    order.add_argument("--descending", dest="ascending", action="store_false", help="largest first")
+    parser.add_argument(
+        "--metric",
+        action="append",
+        choices=QUALITY_METRICS,
+        help="quality metric to plot (repeatable; default: accuracy and exact_match, those present)",
+    )
+    parser.add_argument("--output", type=Path, help="folder for leaderboard.md/.json/.png (default: ./leaderboard, "
+                        "or the --output_dir of --run)")  # fmt: skip
+    parser.add_argument("--config", help="YAML file whose keys set any of these options (see benchmarks/)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    run = parser.add_argument_group("--run: train every method with the same data, model, budget and seed")
+    run.add_argument("--run", action="store_true", help="train the methods, then render their leaderboard")
+    run.add_argument("--methods", nargs="+", choices=list(METHOD_RECIPES), default=list(METHOD_RECIPES))
+    run.add_argument(
+        "--output_dir", default="outputs/leaderboard", help="ROOT: each method writes ROOT/<method>"
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="retrain methods whose ROOT/<method> already finished"
+    )
+    run.add_argument("--train_file")
+    run.add_argument("--validation_file")
+    run.add_argument("--dataset_name")
+    run.add_argument("--model_name_or_path")
+    run.add_argument("--num_train_epochs", type=float, default=3.0)
+    run.add_argument("--per_device_train_batch_size", type=int)
+    run.add_argument("--max_train_samples", type=int)
+    run.add_argument("--max_eval_samples", type=int)
+    run.add_argument("--max_seq_length", type=int)
+    run.add_argument("--seed", type=int, default=42)
+    return parser
+
+
+def _apply_config(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    """Set the parser's defaults from a YAML file; returns its `recipe_args` list."""
+    from hftune.config import load_yaml_config
+
+    values = load_yaml_config(path)
+    recipe_args = values.pop("recipe_args", None) or []
+    dests = {a.dest for a in parser._actions} - {"help", "config", "runs"}
+    unknown = sorted(set(values) - dests)
+    if unknown:
+        raise HftuneError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; use any of {', '.join(sorted(dests))}, recipe_args"
+        )
+    parser.set_defaults(**values)
+    return [str(a) for a in recipe_args]
+
+
+def leaderboard_command(argv: list[str]) -> int:
+    """`hftune leaderboard RUN_DIR_OR_REPO_ID... [--sort COLUMN] [--ascending] [--output DIR] [--metric M]`.
+
+    Prints the markdown table; returns 1 when a method of `--run` failed (the others still render).
+    """
+    argv = list(argv)
+    recipe_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        recipe_args = _apply_config(parser, pre.config) + recipe_args
+    args = parser.parse_args(argv)
+    metrics = args.metric or list(DEFAULT_PLOT_METRICS)
+
+    failures: dict[str, str] = {}
+    sources = list(args.runs)
+    if args.run:
+        finished, failures = train_methods(args, recipe_args)
+        sources += [str(path) for path in finished]
+    elif recipe_args:
+        raise HftuneError(f"recipe arguments after `--` ({' '.join(recipe_args)}) need --run")
+    if not sources and failures:
+        raise HftuneError("every method failed: " + "; ".join(f"{m}: {why}" for m, why in failures.items()))
+    board = build_leaderboard(collect_rows(sources), args.sort, args.ascending, metrics, failures)
+    out_dir = args.output or (Path(args.output_dir) if args.run else Path("leaderboard"))
+    written = write_leaderboard(board, out_dir, metrics)
+    print(board.markdown())
+    print("\nwrote " + ", ".join(str(p) for p in written.values() if p is not None))
+    return 1 if failures else 0

@@ -1,0 +1,221 @@
+"""The shipped Japanese -> JSL gloss corpus: size, determinism, compositional test split, gloss order rules,
+and loading users' own pair files."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from hftune.errors import HftuneError
+from hftune.jsl import corpus
+from hftune.jsl.corpus import (
+    CORPUS_DIR,
+    HELD_OUT_PAIRINGS,
+    PARTICLE_GLOSSES,
+    build_corpus,
+    conjugate,
+    gloss_classes,
+    gloss_vocabulary,
+    kanji_number,
+    load_gloss_pairs,
+    load_jsl_corpus,
+    write_corpus,
+)
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, list[dict]]:
+    return build_corpus(seed=0)
+
+
+@pytest.fixture(scope="module")
+def all_rows(built) -> list[dict]:
+    return [row for rows in built.values() for row in rows]
+
+
+def test_shipped_corpus_size_and_columns():
+    data = load_jsl_corpus()
+    assert list(data) == ["train", "validation", "test"]
+    sizes = {name: len(split) for name, split in data.items()}
+    total = sum(sizes.values())
+    assert total >= 1500
+    assert 0.75 <= sizes["train"] / total <= 0.85
+    assert 0.07 <= sizes["validation"] / total <= 0.13
+    assert 0.07 <= sizes["test"] / total <= 0.13
+    assert len(gloss_vocabulary(row for split in data.values() for row in split)) >= 200
+    assert set(data["train"].column_names) == {"id", "ja", "gloss", "source"}
+    assert set(data["train"]["source"]) == {"hand", "template"}
+    assert len(load_jsl_corpus("test")) == sizes["test"]
+
+
+def test_readme_quotes_the_real_counts(all_rows, built):
+    readme = (CORPUS_DIR / "README.md").read_text(encoding="utf-8")
+    for name, rows in built.items():
+        assert f"| {name} | {len(rows)} | {len(gloss_vocabulary(rows))} |" in readme
+    assert f"| **total** | **{len(all_rows)}** | **{len(gloss_vocabulary(all_rows))}** |" in readme
+    assert "Apache License 2.0" in readme
+    assert "synthetic" in readme and "no Deaf signer has validated it" in readme
+
+
+def test_regeneration_is_deterministic_and_equals_shipped_files(built, tmp_path):
+    assert build_corpus(seed=0) == built
+    assert build_corpus(seed=1) != built
+    paths = write_corpus(tmp_path, seed=0)
+    for name, path in paths.items():
+        assert path.read_bytes() == (CORPUS_DIR / f"{name}.jsonl").read_bytes(), f"{name}.jsonl is stale"
+
+
+def test_test_split_is_compositional(built):
+    train, validation, test = built["train"], built["validation"], built["test"]
+    seen_tokens = [set(row["gloss"].split()) for row in train + validation]
+    for kind, first, second in HELD_OUT_PAIRINGS:
+        assert not any(first in tokens and second in tokens for tokens in seen_tokens), (kind, first, second)
+        in_test = [row for row in test if {first, second} <= set(row["gloss"].split())]
+        assert len(in_test) >= 10, (kind, first, second)
+        # Both words are known from train, just never together.
+        assert any(first in tokens for tokens in seen_tokens) and any(
+            second in tokens for tokens in seen_tokens
+        )
+    held_out = {(a, b) for _, a, b in HELD_OUT_PAIRINGS}
+    for row in test:
+        tokens = set(row["gloss"].split())
+        assert any(a in tokens and b in tokens for a, b in held_out), row
+    train_vocab = set(gloss_vocabulary(train))
+    assert set(gloss_vocabulary(test)) <= train_vocab
+    assert set(gloss_vocabulary(validation)) <= train_vocab
+    train_chars = {char for row in train for char in row["ja"]}
+    assert all(set(row["ja"]) <= train_chars for row in test)
+
+
+def test_no_duplicate_japanese_and_one_gloss_per_sentence(all_rows):
+    sentences = [row["ja"] for row in all_rows]
+    assert len(sentences) == len(set(sentences))
+    assert len({row["id"] for row in all_rows}) == len(all_rows)
+
+
+def test_gloss_order_rules(all_rows):
+    classes = gloss_classes()
+    gloss_token = re.compile(r"^<[^<>\s]+>$")
+    for row in all_rows:
+        tokens = row["gloss"].split()
+        assert tokens and all(gloss_token.match(token) for token in tokens), row
+        assert not set(tokens) & PARTICLE_GLOSSES, row
+        questions = [i for i, token in enumerate(tokens) if token in classes["question"]]
+        assert questions in ([], [len(tokens) - 1]), f"question word not last: {row}"
+        if "<?>" in tokens:
+            assert tokens.index("<?>") == len(tokens) - 1 and not questions, row
+        for i, token in enumerate(tokens):
+            if token in ("<ない>", "<まだ>"):
+                assert i > 0 and tokens[i - 1] in classes["predicate"], (
+                    f"negation not after a predicate: {row}"
+                )
+        times = [i for i, token in enumerate(tokens) if token in classes["time"]]
+        if times:
+            before = tokens[: times[-1]]
+            assert all(t in classes["time"] or t in classes["number"] for t in before), (
+                f"time not first: {row}"
+            )
+
+
+def test_known_examples_follow_the_conventions(all_rows):
+    gloss_of = {row["ja"]: row["gloss"] for row in all_rows}
+    assert gloss_of["佐藤さんはいつ図書館で雑誌を読みますか"] == "<佐藤> <図書館> <雑誌> <読む> <いつ>"
+    assert gloss_of["わたしはたべます"] == "<私> <食べる>"
+    assert gloss_of["ありがとう"] == "<ありがとう>"
+    # Inflection and spelling variants collapse onto dictionary-form glosses.
+    assert any("たべ" in ja and "<食べる>" in gloss for ja, gloss in gloss_of.items() if "食べ" not in ja)
+    assert any(ja.startswith("お母さん") and gloss.startswith("<母>") for ja, gloss in gloss_of.items())
+    negated = [
+        g for ja, g in gloss_of.items() if ja.endswith(("ませんでした。", "ませんでした")) and "<ない>" in g
+    ]
+    assert len(negated) > 20
+    done = [g for ja, g in gloss_of.items() if "もう" in ja and g.endswith("<終わる>")]
+    assert done, "no completion examples"
+
+
+def test_conjugation_of_verb_classes():
+    assert conjugate("行く", "iku", "te") == "行って"
+    assert conjugate("行く", "iku", "nai") == "行かない"
+    assert conjugate("来る", "kuru", "nai") == "来ない"
+    assert conjugate("くる", "kuru", "nai") == "こない"
+    assert conjugate("くる", "kuru", "masu") == "きます"
+    assert conjugate("帰る", "godan", "masu") == "帰ります"
+    assert conjugate("見る", "ichidan", "nakatta") == "見なかった"
+    assert conjugate("泳ぐ", "godan", "ta") == "泳いだ"
+    assert conjugate("読む", "godan", "te") == "読んで"
+    assert conjugate("買う", "godan", "nai") == "買わない"
+    assert conjugate("話す", "godan", "masendeshita") == "話しませんでした"
+    assert conjugate("勉強する", "suru", "tai") == "勉強したい"
+    assert kanji_number(25) == "二十五"
+    assert kanji_number(3500) == "三千五百"
+    assert kanji_number(110) == "百十"
+
+
+def test_load_user_jsonl_csv_and_tsv(tmp_path):
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text(
+        json.dumps({"ja": "ありがとう", "gloss": "<ありがとう>"}, ensure_ascii=False)
+        + "\n\n"
+        + json.dumps({"ja": "わたしはたべます", "gloss": "<私>   <食べる>", "note": "x"}, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
+    data = load_gloss_pairs(jsonl)
+    assert data.column_names == ["ja", "gloss"]
+    assert data["gloss"] == ["<ありがとう>", "<私> <食べる>"]
+
+    csv_file = tmp_path / "pairs.csv"  # Excel on Windows writes a byte-order mark
+    csv_file.write_text(
+        'text,target\nこんにちは,<こんにちは>\n"行きません","<行く> <ない>"\n', encoding="utf-8-sig"
+    )
+    data = load_gloss_pairs(csv_file, ja_column="text", gloss_column="target")
+    assert data["ja"] == ["こんにちは", "行きません"] and data["gloss"][1] == "<行く> <ない>"
+
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("ja\tgloss\n眠いです\t<眠い>\n", encoding="utf-8")
+    assert load_gloss_pairs(tsv)["gloss"] == ["<眠い>"]
+
+
+def test_load_user_file_errors(tmp_path):
+    csv_file = tmp_path / "pairs.csv"
+    csv_file.write_text("japanese,gloss\nありがとう,<ありがとう>\n", encoding="utf-8")
+    with pytest.raises(HftuneError, match=r"pairs\.csv has no column 'ja' \(columns: 'japanese', 'gloss'\)"):
+        load_gloss_pairs(csv_file)
+
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(
+        '{"ja": "ありがとう", "gloss": "<ありがとう>"}\n{"ja": "はい", "gloss": "  "}\n', encoding="utf-8"
+    )
+    with pytest.raises(HftuneError, match=r"blank\.jsonl line 2: column 'gloss' is empty"):
+        load_gloss_pairs(blank)
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("ja,gloss\n", encoding="utf-8")
+    with pytest.raises(HftuneError, match=r"empty\.csv has no rows"):
+        load_gloss_pairs(empty)
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"ja": "はい"\n', encoding="utf-8")
+    with pytest.raises(HftuneError, match=r"broken\.jsonl line 1 is not valid JSON"):
+        load_gloss_pairs(broken)
+
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("ja,gloss\ncafé,<x>\n".encode("latin-1"))
+    with pytest.raises(HftuneError, match=r"cannot read gloss pair file .*latin1\.csv"):
+        load_gloss_pairs(latin1)
+
+    with pytest.raises(HftuneError, match=r"missing\.jsonl does not exist"):
+        load_gloss_pairs(tmp_path / "missing.jsonl")
+    with pytest.raises(HftuneError, match=r"suffix '\.txt'"):
+        (tmp_path / "pairs.txt").write_text("x", encoding="utf-8")
+        load_gloss_pairs(tmp_path / "pairs.txt")
+    with pytest.raises(HftuneError, match="unknown JSL corpus split 'dev'"):
+        load_jsl_corpus("dev")
+
+
+def test_main_check_reports_fresh_files(capsys):
+    assert corpus.main(["--check"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["total"] >= 1500 and summary["distinct_glosses"] >= 200
