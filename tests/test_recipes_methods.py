@@ -19,8 +19,13 @@ from hftune.config import DataArguments
 from hftune.data import load_classification_data, tokenize_splits
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN, EVAL = 160, 80
-SMALL = ["--max_train_samples", str(TRAIN), "--max_eval_samples", str(EVAL), "--precision", "fp32"]
+TRAIN, EVAL = 96, 48
+SMALL = [
+    "--max_train_samples", str(TRAIN), "--max_eval_samples", str(EVAL), "--max_seq_length", "64",
+    "--precision", "fp32",
+]  # fmt: skip
+# Best-model selection is exercised by the BitFit run; elsewhere skip writing 270 MB checkpoints.
+NO_CHECKPOINTS = ["--save_strategy", "no", "--load_best_model_at_end", "false"]
 
 
 def run_recipe(recipe: str, argv: list[str], monkeypatch) -> None:
@@ -48,7 +53,7 @@ def validation_data():
 
 
 def accuracy_of(model, tokenizer) -> float:
-    validation = tokenize_splits(validation_data().splits, tokenizer, 128)["validation"]
+    validation = tokenize_splits(validation_data().splits, tokenizer, 64)["validation"]
     collate = DataCollatorWithPadding(tokenizer)
     correct = 0
     model.eval()
@@ -79,7 +84,7 @@ def test_freeze_recipe_with_checkpointing_and_accumulation_reloads(tmp_path, mon
     run_recipe(
         "sentiment_freeze.py",
         [*SMALL, "--freeze_embeddings", "--freeze_layers", "-2", "--gradient_checkpointing",
-         "--gradient_accumulation_steps", "2", "--num_train_epochs", "1", "--output_dir", str(out)],
+         "--gradient_accumulation_steps", "2", "--num_train_epochs", "1", *NO_CHECKPOINTS, "--output_dir", str(out)],
         monkeypatch,
     )  # fmt: skip
     results = check_results(out, "freeze", "full")
@@ -102,15 +107,22 @@ def test_freeze_recipe_with_checkpointing_and_accumulation_reloads(tmp_path, mon
     )
 
 
-def test_bitfit_recipe_under_accelerate_launch_saves_only_trained_tensors(tmp_path):
+@pytest.mark.parametrize("runner", ["in-process", pytest.param("accelerate-launch", marks=pytest.mark.slow)])
+def test_bitfit_recipe_saves_only_trained_tensors(tmp_path, monkeypatch, capsys, runner):
     from safetensors.torch import load_file
 
     from hftune.methods import BITFIT_WEIGHTS, load_bitfit
 
     out = tmp_path / "run"
-    done = launch("sentiment_bitfit.py", *SMALL, "--num_train_epochs", "1", "--output_dir", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "bitfit: 26,882 trainable of" in done.stdout
+    argv = [*SMALL, "--num_train_epochs", "1", "--output_dir", str(out)]
+    if runner == "accelerate-launch":
+        done = launch("sentiment_bitfit.py", *argv)
+        assert done.returncode == 0, done.stderr[-3000:]
+        stdout = done.stdout
+    else:
+        run_recipe("sentiment_bitfit.py", argv, monkeypatch)
+        stdout = capsys.readouterr().out
+    assert "bitfit: 26,882 trainable of" in stdout
     results = check_results(out, "bitfit", "bitfit")
     assert not (out / "model.safetensors").exists()
     saved = load_file(out / BITFIT_WEIGHTS)
@@ -139,7 +151,8 @@ def test_features_logreg_recipe_saves_a_reloadable_classifier(tmp_path, monkeypa
     predictions = np.asarray(classifier.predict(validation["text"]))
     accuracy = float((predictions == np.asarray(validation["label"])).mean())
     assert accuracy == pytest.approx(results["metrics"]["accuracy"])
-    assert accuracy > 0.6  # linear probe on mean-pooled sentence embeddings beats chance on 160 examples
+    majority = np.bincount(validation["label"]).max() / len(validation)
+    assert accuracy > majority  # a linear probe on sentence embeddings learns something from 128 examples
     probabilities = classifier.predict_proba(validation["text"][:5])
     assert probabilities.shape == (5, 2) and np.allclose(probabilities.sum(1), 1)
 
@@ -148,7 +161,8 @@ def test_features_head_recipe_trains_only_the_head(tmp_path, monkeypatch, minilm
     out = tmp_path / "run"
     run_recipe(
         "sentiment_features.py",
-        [*SMALL, "--classifier", "head", "--pooling", "cls", "--num_train_epochs", "1", "--output_dir", str(out)],
+        [*SMALL, "--classifier", "head", "--pooling", "cls", "--num_train_epochs", "1", *NO_CHECKPOINTS,
+         "--output_dir", str(out)],
         monkeypatch,
     )  # fmt: skip
     results = check_results(out, "features", "full")
@@ -169,7 +183,8 @@ def test_qlora_runs_on_cpu_and_saves_an_adapter(tmp_path, monkeypatch):
     run_recipe(
         "sentiment_lora.py",
         ["--max_train_samples", "16", "--max_eval_samples", "16", "--load_in_4bit", "--max_steps", "2",
-         "--per_device_train_batch_size", "8", "--output_dir", str(out)],
+         "--per_device_train_batch_size", "8", "--max_seq_length", "32", "--eval_strategy", "no", *NO_CHECKPOINTS,
+         "--output_dir", str(out)],
         monkeypatch,
     )  # fmt: skip
     results = json.loads((out / "results.json").read_text())

@@ -488,6 +488,7 @@ def generate_responses(
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
             do_sample=False,
+            use_cache=True,
             pad_token_id=pad_id,
             eos_token_id=tokenizer.eos_token_id,
         )
@@ -609,6 +610,9 @@ def run_instruction_tuning(
         data_collator=InstructionCollator(tokenizer.pad_token_id),
         callbacks=[memory],
     )
+    # No KV cache while training: it is useless there, and its presence turns off the per-example mask
+    # transformers derives from packed position_ids, letting packed examples attend to each other.
+    model.config.use_cache = False
     resume_from = last_checkpoint(training_args.output_dir)
     if resume_from:
         log(f"resuming from {resume_from}")
@@ -616,6 +620,7 @@ def run_instruction_tuning(
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
     validation_loss = trainer.evaluate().get("eval_loss")
+    model.config.use_cache = True  # saved with a full model: generation wants the cache
     if not trainer.is_world_process_zero():
         return {}
 

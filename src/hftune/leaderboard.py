@@ -320,6 +320,7 @@ def plot_leaderboard(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], 
 
     matplotlib.use("Agg")  # no display on training machines and CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     memories = [r["peak_memory_mb"] for _, points in panels for r in points if r.get("peak_memory_mb")]
     largest = max(memories, default=0.0)
@@ -334,10 +335,12 @@ def plot_leaderboard(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], 
             ax.scatter(
                 row["trainable_pct"], row[metric], s=size, color=colours[method], alpha=0.6, edgecolors="k"
             )
-            ax.annotate(
-                method, (row["trainable_pct"], row[metric]), textcoords="offset points", xytext=(7, 7)
-            )
+            # Several runs of one method (e.g. two LoRA ranks) need their run name to be told apart.
+            label = method if row.get("run") in (None, method) else f"{method} ({row['run']})"
+            ax.annotate(label, (row["trainable_pct"], row[metric]), textcoords="offset points", xytext=(7, 7))
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}%"))
+        ax.margins(0.2)
         ax.set_xlabel("trainable parameters (% of total, log scale)")
         ax.set_ylabel(_COLUMNS_BY_KEY[metric].header)
         ax.set_title(f"{_COLUMNS_BY_KEY[metric].header} vs trainable share")
@@ -607,6 +610,16 @@ def leaderboard_command(argv: list[str]) -> int:
     if pre.config:
         recipe_args = _apply_config(parser, pre.config) + recipe_args
     args = parser.parse_args(argv)
+    # Values from --config bypass argparse's choices.
+    for flag, values, valid in (
+        ("methods", args.methods, METHOD_RECIPES),
+        ("metric", args.metric or [], QUALITY_METRICS),
+    ):
+        unknown = [v for v in values if v not in valid]
+        if unknown:
+            raise HftuneError(
+                f"--{flag} {' '.join(map(str, unknown))} is not known; choose from {', '.join(valid)}"
+            )
     metrics = args.metric or list(DEFAULT_PLOT_METRICS)
 
     failures: dict[str, str] = {}

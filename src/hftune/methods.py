@@ -13,6 +13,7 @@ from torch import nn
 
 from hftune.config import FreezeArguments, LoraArguments
 from hftune.errors import HftuneError
+from hftune.persistence import verify_weights
 
 HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score")
 
@@ -176,6 +177,7 @@ def load_bitfit(run_dir: str | Path, base_model_name_or_path: str | None = None,
     config_path = run_dir / BITFIT_CONFIG
     if not config_path.is_file():
         raise HftuneError(f"{run_dir} has no {BITFIT_CONFIG}; it is not a BitFit run folder")
+    verify_weights(run_dir)
     config = json.loads(config_path.read_text(encoding="utf-8"))
     base = base_model_name_or_path or config["base_model_name_or_path"]
     id2label = {int(k): v for k, v in config["id2label"].items()}

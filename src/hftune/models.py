@@ -179,3 +179,38 @@ def embedded_causal_lm_path() -> str:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"hftune: cached the converted model in {target}", file=sys.stderr)
     return str(target)
+
+
+def load_adapter_classifier(run_dir: str | Path, base_model_name_or_path: str | None = None):
+    """(model, tokenizer) from a LoRA run folder: its base model plus the verified adapter, ready to predict.
+
+    An adapter saved for another architecture or size is refused with the two model names.
+    """
+    import json
+
+    from peft import PeftModel
+
+    from hftune.persistence import verify_weights
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise HftuneError(f"{run_dir} has no adapter_config.json; it is not a LoRA run folder")
+    verify_weights(run_dir)
+    adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    trained_on = adapter_config.get("base_model_name_or_path")
+    base = base_model_name_or_path or trained_on
+    results_path = run_dir / "results.json"
+    labels = json.loads(results_path.read_text(encoding="utf-8")).get("labels") if results_path.is_file() else None
+    if not labels:
+        raise HftuneError(f"{results_path} is missing or lists no labels; the run folder is incomplete")
+    model, tokenizer = load_classifier(resolve_model_name(base, default=base), dict(enumerate(labels)))
+    try:
+        model = PeftModel.from_pretrained(model, str(run_dir))
+    except (ValueError, RuntimeError, KeyError) as err:
+        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise HftuneError(
+            f"the adapter in {run_dir} was trained on {trained_on!r} and does not fit base model {base!r} "
+            f"({first_line}); load it onto the base model it was trained on"
+        ) from None
+    return model.eval(), tokenizer

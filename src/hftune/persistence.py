@@ -67,9 +67,9 @@ def write_weights_manifest(folder: str | Path) -> dict[str, str]:
     """Record the sha256 of every `*.safetensors` file in `folder` in `weights.sha256.json`."""
     folder = Path(folder)
     manifest = {path.name: file_sha256(path) for path in sorted(folder.glob("*.safetensors"))}
-    (folder / MANIFEST_NAME).write_text(
-        json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    partial = folder / f"{MANIFEST_NAME}.partial"
+    partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, folder / MANIFEST_NAME)  # a half-written manifest never counts as one
     return manifest
 
 
@@ -211,7 +211,8 @@ def recover_run_folder(run_dir: str | Path) -> list[str]:
         return done
     final = run_dir / FINAL_STAGING
     if final.is_dir():
-        if (final / COMPLETION_MARKER).is_file():
+        # The manifest is written after results.json: with both present the staging was complete.
+        if (final / COMPLETION_MARKER).is_file() and (final / MANIFEST_NAME).is_file():
             _commit_final_files(final, run_dir)
             done.append(f"finished the interrupted final save in {run_dir}")
         else:
