@@ -11,6 +11,8 @@ on the corpus's test split with the same gloss metrics as the JSL seq2seq model,
 compares both. `hftune generate --model outputs/instruction_tuning --input ありがとう` runs the result.
 """
 
+from transformers import set_seed
+
 from hftune.config import LoraArguments, ModelArguments, TrainingArguments, parse_recipe_args
 from hftune.errors import HftuneError, exit_on_user_error
 from hftune.instruct import (
@@ -56,6 +58,7 @@ def main() -> None:
         (ModelArguments, InstructionDataArguments, InstructionArguments, LoraArguments, TrainingArguments),
         RECIPE_DEFAULTS,
     )
+    set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     if instruct_args.method == "full" and (lora_args.load_in_4bit or lora_args.load_in_8bit):
         raise HftuneError("--method full cannot train quantised weights; drop --load_in_4bit/--load_in_8bit")
     splits, dataset = load_instruction_splits(data_args, seed=training_args.seed)

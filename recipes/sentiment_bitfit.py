@@ -7,6 +7,8 @@ config and tokenizer; `hftune.methods.load_bitfit(run_dir)` puts them back on th
 a ready classifier. A model without bias terms (Llama-style) is refused with a clear error.
 """
 
+from transformers import set_seed
+
 from hftune.config import DataArguments, ModelArguments, TrainingArguments, parse_recipe_args
 from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
@@ -41,6 +43,7 @@ def main() -> None:
     model_args, data_args, training_args = parse_recipe_args(
         (ModelArguments, DataArguments, TrainingArguments), RECIPE_DEFAULTS
     )
+    set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     data = load_classification_data(data_args, seed=training_args.seed)
 
     base_model = resolve_model_name(model_args.model_name_or_path, default=embedded_encoder_path())

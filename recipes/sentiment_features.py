@@ -11,6 +11,8 @@ architecture's own head over the frozen body and saves a normal transformers fol
 `feature_projection.png`, a 2-D map of the training features coloured by label.
 """
 
+from transformers import set_seed
+
 from hftune.config import (
     DataArguments,
     FeatureArguments,
@@ -51,6 +53,7 @@ def main() -> None:
     model_args, data_args, feature_args, training_args = parse_recipe_args(
         (ModelArguments, DataArguments, FeatureArguments, TrainingArguments), RECIPE_DEFAULTS
     )
+    set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     data = load_classification_data(data_args, seed=training_args.seed)
     base_model = resolve_model_name(model_args.model_name_or_path, default=embedded_encoder_path())
 

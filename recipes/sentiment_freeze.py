@@ -10,6 +10,8 @@ the run uses non-reentrant checkpointing, so layers above frozen embeddings stil
 With nothing frozen the run is recorded as method "full"; the saved model is a normal safetensors folder.
 """
 
+from transformers import set_seed
+
 from hftune.config import DataArguments, FreezeArguments, ModelArguments, TrainingArguments, parse_recipe_args
 from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
@@ -45,6 +47,7 @@ def main() -> None:
     model_args, data_args, freeze_args, training_args = parse_recipe_args(
         (ModelArguments, DataArguments, FreezeArguments, TrainingArguments), RECIPE_DEFAULTS
     )
+    set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     data = load_classification_data(data_args, seed=training_args.seed)
 
     base_model = resolve_model_name(model_args.model_name_or_path, default=embedded_encoder_path())

@@ -8,6 +8,8 @@ With no arguments it fine-tunes the embedded MiniLM encoder on the embedded movi
 sentences, so it runs with no network. `--config file.yaml` takes the same keys as the flags.
 """
 
+from transformers import set_seed
+
 from hftune.config import DataArguments, LoraArguments, ModelArguments, TrainingArguments, parse_recipe_args
 from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
@@ -43,6 +45,7 @@ def main() -> None:
     model_args, data_args, lora_args, training_args = parse_recipe_args(
         (ModelArguments, DataArguments, LoraArguments, TrainingArguments), RECIPE_DEFAULTS
     )
+    set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     data = load_classification_data(data_args, seed=training_args.seed)
 
     base_model = resolve_model_name(model_args.model_name_or_path, default=embedded_encoder_path())
@@ -56,7 +59,9 @@ def main() -> None:
     model = apply_lora(model, lora_args)
 
     quantization = "4bit" if lora_args.load_in_4bit else "8bit" if lora_args.load_in_8bit else None
-    training_args, decision = prepare_training_args(training_args, model_args, model, quantization=quantization)
+    training_args, decision = prepare_training_args(
+        training_args, model_args, model, quantization=quantization, max_seq_length=data_args.max_seq_length
+    )
     run_classification(
         model,
         tokenizer,

@@ -233,21 +233,13 @@ model = load_bitfit(snapshot_download(repo))  # the base model with this repo's 
 {classify}'''
     if artifact == "features":
         pooling = hyperparameters.get("pooling", "mean")
-        return f'''# The encoder is the unchanged base model; the classifier is a scikit-learn logistic regression
-# fitted on its {pooling}-pooled last hidden states (saved by hftune in this repo, not a transformers head).
-import torch
-from transformers import AutoModel, AutoTokenizer
+        return f'''from huggingface_hub import snapshot_download
+from hftune.features import load_feature_classifier  # pip install hftune
 
+# The base encoder stays frozen; this repo holds the {pooling}-pooled logistic-regression head (safetensors).
 repo = "{repo_id}"
-tokenizer = AutoTokenizer.from_pretrained(repo)
-encoder = AutoModel.from_pretrained(repo).eval()
-
-inputs = tokenizer(["I can't wait to see them again!"], return_tensors="pt", padding=True)
-with torch.no_grad():
-    hidden = encoder(**inputs).last_hidden_state
-mask = inputs["attention_mask"].unsqueeze(-1)
-features = hidden[:, 0] if "{pooling}" == "cls" else (hidden * mask).sum(1) / mask.sum(1)
-# feed `features.numpy()` to the logistic regression to get label probabilities'''
+classifier = load_feature_classifier(snapshot_download(repo))
+print(classifier.predict(["I can't wait to see them again!"]))'''
     return f'''from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 repo = "{repo_id}"

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from hftune.errors import HftuneError
+from hftune.persistence import verify_weights
 from hftune.results import RESULTS_FILE, read_results, write_results
 
 EVALUATIONS_KEY = "evaluations"
@@ -74,10 +75,13 @@ def infer_artifact(folder: Path) -> str:
     """The artefact type of a folder saved without hftune's results.json (e.g. someone else's Hub model)."""
     if (folder / "adapter_config.json").is_file():
         return "adapter"
+    from hftune.features import FEATURES_CONFIG
     from hftune.methods import BITFIT_CONFIG
 
     if (folder / BITFIT_CONFIG).is_file():
         return "bitfit"
+    if (folder / FEATURES_CONFIG).is_file():
+        return "features"
     config_path = folder / "config.json"
     if config_path.is_file():
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -113,13 +117,14 @@ def _label_maps(labels: list[str]) -> dict[str, Any]:
 def load_saved_classifier(folder: Path, record: dict[str, Any]) -> tuple[Any, Any, list[str]]:
     """(model, tokenizer, label names) of a saved classifier run, by its artefact type.
 
-    `model` is a torch module returning logits, or (features artefact) an object whose `predict(texts)`
-    returns label ids.
+    `model` is a torch module returning logits, or (features artefact) a `hftune.features.FeatureClassifier`
+    whose `predict(texts)` returns label ids.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     artifact = record.get("artifact") or infer_artifact(folder)
     labels = [str(label) for label in record.get("labels") or []]
+    verify_weights(folder)  # a truncated or altered copy is refused by name before anything loads it
     try:
         if artifact == "adapter":
             from peft import PeftConfig, PeftModel
@@ -141,14 +146,10 @@ def load_saved_classifier(folder: Path, record: dict[str, Any]) -> tuple[Any, An
             config = json.loads((folder / BITFIT_CONFIG).read_text(encoding="utf-8"))
             model = load_bitfit(folder, _embedded_base(config["base_model_name_or_path"]))
         elif artifact == "features":
-            try:
-                from hftune.features import load_feature_classifier
-            except ImportError:
-                raise HftuneError(
-                    f"{folder} is a feature-extraction run, but this hftune install has no "
-                    "hftune.features.load_feature_classifier; update hftune"
-                ) from None
+            from hftune.features import load_feature_classifier
+
             model = load_feature_classifier(folder)
+            return model, model.tokenizer, list(model.labels)
         else:
             raise HftuneError(
                 f"{folder}: artifact {artifact!r} is not a text classifier; evaluate adapter, full, bitfit or "

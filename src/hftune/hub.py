@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hftune.errors import HftuneError
+from hftune.persistence import verify_weights, write_weights_manifest
 
 # The Hub id of the encoder `hftune.models.embedded_encoder_path()` ships: adapters trained on the local copy
 # name it instead of a path that only exists on the training machine.
@@ -68,6 +69,7 @@ def publish_run(
     if revision is not None:
         _check_revision(revision)
     files = collect_run_files(run_dir)
+    verify_weights(run_dir)  # never publish a truncated or altered weight file
     adapter_config = _read_adapter_config(run_dir) if "adapter_config.json" in files else None
     if merged and adapter_config is None:
         raise HftuneError(
@@ -441,6 +443,7 @@ def _build_merged_folder(run_dir: Path, files: list[str], adapter_config: dict[s
 
     _stage_files(run_dir, [f for f in files if Path(f).name not in ADAPTER_FILES], out)
     merged.save_pretrained(out)
+    write_weights_manifest(out)  # the run's manifest lists the adapter, not these merged weights
     tokenizer_source = (
         run_dir if "tokenizer_config.json" in files else adapter_config["base_model_name_or_path"]
     )

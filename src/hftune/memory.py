@@ -379,9 +379,10 @@ def plan_for_budget(
     optimizer: str = "adamw",
     allow_8bit_optimizer: bool = True,
     activation_profile: ActivationProfile | None = None,
+    budget_flag: str = "--budget",
 ) -> MemoryPlan:
     """Largest per-device batch that fits, accumulation keeping the effective batch, then checkpointing
-    and the 8-bit optimizer only if no batch fits without them."""
+    and the 8-bit optimizer only if no batch fits without them. `budget_flag` is named in the error."""
     if batch_size < 1 or gradient_accumulation_steps < 1:
         raise HftuneError(
             f"batch size {batch_size} x accumulation {gradient_accumulation_steps} must both be >= 1."
@@ -427,8 +428,36 @@ def plan_for_budget(
     raise HftuneError(
         f"budget {format_bytes(budget_bytes)} is too small: even batch 1 with gradient checkpointing"
         f"{' and 8-bit AdamW' if stages[-1][1] == 'adamw_8bit' else ''} needs {format_bytes(smallest)}; "
-        f"use --budget {math.ceil(smallest / GIB * 10) / 10}GB or more, or a lighter --method (lora, qlora)."
+        f"use {budget_flag} {math.ceil(smallest / GIB * 10) / 10}GB or more, or a lighter --method (lora, qlora)."
     )
+
+
+def plan_for_training_args(
+    model: nn.Module, training_args, budget: str | int, decision, *, seq_len: int = 128
+) -> MemoryPlan:
+    """The plan for a recipe's `--memory_budget`: the model as prepared for training (its real dtypes,
+    quantisation and trainable parameters), the batch, accumulation and optimizer of `training_args`, and
+    the device and precision of the hardware `decision` (`hftune.hardware.PrecisionDecision`)."""
+    budget_bytes = parse_size(budget, "--memory_budget") if isinstance(budget, str) else int(budget)
+    optim = str(getattr(training_args.optim, "value", training_args.optim))
+    # Other optimizers (SGD, Adafactor) keep at most AdamW's two moments: planning with AdamW is an upper bound.
+    optimizer = "adamw_8bit" if "8bit" in optim else "adamw"
+    plan = plan_for_budget(
+        model,
+        budget_bytes=budget_bytes,
+        batch_size=training_args.per_device_train_batch_size,
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        seq_len=seq_len,
+        precision=decision.precision,
+        # An already quantised model's parameters are counted at their real storage size.
+        quantization=None,
+        device=decision.device,
+        optimizer=optimizer,
+        budget_flag="--memory_budget",
+    )
+    if plan.optim == TRAINER_OPTIM[optimizer]:
+        plan.optim = optim  # the plan did not need another optimizer: keep the user's exact choice
+    return plan
 
 
 def apply_memory_budget(training_args, plan: MemoryPlan):
@@ -437,9 +466,12 @@ def apply_memory_budget(training_args, plan: MemoryPlan):
 
     training_args.per_device_train_batch_size = plan.per_device_train_batch_size
     training_args.gradient_accumulation_steps = plan.gradient_accumulation_steps
+    # transformers 5 reads `activation_checkpointing`; `gradient_checkpointing` is its deprecated mirror.
+    training_args.activation_checkpointing = plan.gradient_checkpointing
     training_args.gradient_checkpointing = plan.gradient_checkpointing
     if plan.gradient_checkpointing:
         # Reentrant checkpointing gives zero gradients with frozen embeddings or LoRA (peft#1142).
+        training_args.activation_checkpointing_kwargs = {"use_reentrant": False}
         training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
     training_args.optim = OptimizerNames(plan.optim)
     return training_args

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from hftune.config import DataArguments, ModelArguments
@@ -35,7 +36,11 @@ def log(message: str) -> None:
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """Processes that really train together: the joined process group, not the launcher's WORLD_SIZE (a
+    `MULTI_GPU` config without `use_cpu` on a GPU-less machine starts independent single processes)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
 
 
 def use_all_cpu_cores() -> int:
@@ -53,9 +58,13 @@ def prepare_training_args(
     model: torch.nn.Module,
     *,
     quantization: str | None = None,
+    max_seq_length: int = 128,
 ) -> tuple[TrainingArguments, Any]:
-    """Apply the hardware preflight (precision, device) and memory budget; return new args and the decision."""
-    from hftune import hardware
+    """Apply the hardware preflight (precision, device) and memory budget; return new args and the decision.
+
+    `max_seq_length` is the longest training sequence, which the memory budget plans for.
+    """
+    from hftune import hardware, memory
 
     info = hardware.detect_hardware()
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -72,14 +81,18 @@ def prepare_training_args(
         hardware.set_cuda_memory_fraction(model_args.max_memory_fraction)
     training_args = dataclasses.replace(training_args, **overrides)
     if model_args.memory_budget:
-        plan = hardware.plan_for_training_args(model, training_args, model_args.memory_budget, decision)
-        training_args = hardware.apply_memory_budget(training_args, plan)
-        log(plan.summary())
+        plan = memory.plan_for_training_args(
+            model, training_args, model_args.memory_budget, decision, seq_len=max_seq_length
+        )
+        training_args = memory.apply_memory_budget(training_args, plan)
+        log(f"--memory_budget {model_args.memory_budget}: {plan.summary()}")
     if training_args.activation_checkpointing:
         # Reentrant checkpointing gives frozen embeddings and LoRA zero gradients (peft#1142, transformers#26221).
         checkpointing_kwargs = dict(training_args.activation_checkpointing_kwargs or {})
         checkpointing_kwargs.setdefault("use_reentrant", False)
-        training_args = dataclasses.replace(training_args, activation_checkpointing_kwargs=checkpointing_kwargs)
+        training_args = dataclasses.replace(
+            training_args, activation_checkpointing_kwargs=checkpointing_kwargs
+        )
     return training_args, decision
 
 
@@ -97,8 +110,29 @@ def last_checkpoint(output_dir: str) -> str | None:
     return complete[max(complete)] if complete else None
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """`LengthGroupedSampler` whose order depends only on (seed, epoch), as accelerate's seedable sampler.
+
+    The stock sampler draws from the global torch RNG when an epoch starts. A run resumed mid-epoch restores
+    that RNG only after skipping the trained batches, so it replayed a different order than the run it
+    continues: batches trained twice, others never, and metrics unequal to an uninterrupted run.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Trainer calls this before every epoch, resumed or not
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
 class AtomicCheckpointTrainer(Trainer):
-    """A Trainer whose checkpoints appear whole or not at all.
+    """A Trainer whose checkpoints appear whole or not at all, and whose resumed runs see the same batches.
 
     Each checkpoint is written by the stock `_save_checkpoint` under a hidden staging folder
     (`.checkpoint-N.partial/checkpoint-N`, the same path on every rank), then renamed into place; rotation
@@ -106,6 +140,13 @@ class AtomicCheckpointTrainer(Trainer):
     """
 
     _staging_root: str | None = None
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
 
     def _get_output_dir(self, trial) -> str:
         return self._staging_root or super()._get_output_dir(trial)

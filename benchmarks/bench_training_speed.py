@@ -1,0 +1,464 @@
+"""Training speed: the user's hand-written loop vs the hftune recipe vs a default Trainer script (issue 9, 1-2).
+
+Run alone on the machine (another job on the same cores slows steps many-fold):
+
+    python benchmarks/bench_training_speed.py                 # full run, ~45-60 min on 2 cores
+    python benchmarks/bench_training_speed.py --quick         # smoke run, ~1-2 min, figures meaningless
+
+Part A, end to end on emotion (same MiniLM, same training subset, same number of optimizer steps, effective
+batch 32, one after the other in this run):
+- `user loop`: the user's plain PyTorch script, written faithfully: every text padded to 128 tokens up front,
+  TensorDataset + DataLoader(batch 8, shuffle), manual gradient accumulation of 4, fp32, AdamW lr 5e-5.
+- `hftune recipe`: `recipes/sentiment_freeze.py` (nothing frozen = full fine-tuning) started the way its
+  docstring says, `accelerate launch --config_file accelerate_configs/cpu.yaml`, so the real hftune code runs;
+  samples/s and accuracy come from its results.json.
+- `default Trainer`: AutoModelForSequenceClassification + Trainer with TrainingArguments defaults, texts padded
+  to max length 128 as transformers' text-classification example does by default, batch 32, fp32.
+Training samples/s is training wall time only (tokenisation before, evaluation after, are excluded for all);
+validation accuracy is on the full validation split.
+
+Part B, ablation: throughput of one optimisation added at a time, from the user loop to the recipe's
+configuration, then single changes on top of the recipe configuration (eager attention instead of SDPA,
+1 thread as `accelerate launch` gives a child without a config, DataLoader workers, torch.compile). Each row
+times `--steps` optimizer steps of micro-batches drawn at random from that configuration's own epoch order
+(so length grouping is timed on representative batches), `--repeats` times after `--warmup` steps: medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+from hftune.errors import HftuneError, exit_on_user_error
+from hftune.models import embedded_encoder_path
+
+MAX_LENGTH = 128
+EFFECTIVE_BATCH = 32
+
+
+# --- Part A: the user's loop, written as the user wrote it ------------------------------------------------
+
+
+def user_loop(model_path: str, data, epochs: int, seed: int) -> dict:
+    """The hand-written baseline: pad everything to 128, batch 8, accumulate 4, fp32, no Trainer."""
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(data.label_names))
+    train = data.splits["train"]
+    enc = tokenizer(
+        list(train["text"]), padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+    )
+    dataset = TensorDataset(enc["input_ids"], enc["attention_mask"], torch.tensor(list(train["label"])))
+    loader = DataLoader(dataset, batch_size=8, shuffle=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    accumulation = 4
+
+    model.train()
+    step_times, optimizer_steps = [], 0
+    started = last = time.perf_counter()
+    for _ in range(epochs):
+        for i, (input_ids, attention_mask, labels) in enumerate(loader):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+            (out.loss / accumulation).backward()
+            if (i + 1) % accumulation == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+                optimizer_steps += 1
+                now = time.perf_counter()
+                step_times.append(now - last)
+                last = now
+    seconds = time.perf_counter() - started
+    accuracy = evaluate_padded(model, tokenizer, data)
+    return {
+        "train_seconds": seconds,
+        "train_samples_per_second": len(train) * epochs / seconds,
+        "median_optimizer_step_s": common.median(step_times) if step_times else float("nan"),
+        "optimizer_steps": optimizer_steps,
+        "accuracy": accuracy,
+    }
+
+
+@torch.no_grad()
+def evaluate_padded(model, tokenizer, data) -> float:
+    model.eval()
+    validation = data.splits["validation"]
+    correct = 0
+    for start in range(0, len(validation), 64):
+        rows = validation[start : start + 64]
+        enc = tokenizer(
+            list(rows["text"]),
+            padding="max_length",
+            truncation=True,
+            max_length=MAX_LENGTH,
+            return_tensors="pt",
+        )
+        predictions = model(**enc).logits.argmax(-1)
+        correct += int((predictions == torch.tensor(rows["label"])).sum())
+    return correct / len(validation)
+
+
+# --- Part A: the recipe, run as users run it ---------------------------------------------------------------
+
+
+def recipe_run(args, train_file: Path, validation_file: Path, out_dir: Path) -> dict:
+    recipe = common.REPO_ROOT / "recipes" / "sentiment_freeze.py"
+    flags = [
+        "--train_file", str(train_file), "--validation_file", str(validation_file),
+        "--num_train_epochs", str(args.epochs), "--output_dir", str(out_dir), "--seed", str(args.seed),
+        "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "False",
+        "--logging_steps", "50",
+    ]  # fmt: skip
+    if args.train_samples:
+        flags += ["--max_train_samples", str(args.train_samples)]
+    if args.eval_samples:
+        flags += ["--max_eval_samples", str(args.eval_samples)]
+    flags += args.recipe_args
+    accelerate = Path(sys.executable).parent / "accelerate"
+    if args.launcher == "accelerate" and accelerate.is_file():
+        config = common.REPO_ROOT / "accelerate_configs" / "cpu.yaml"
+        cmd = [str(accelerate), "launch", "--config_file", str(config), str(recipe), *flags]
+    else:
+        cmd = [sys.executable, str(recipe), *flags]
+    env = {**os.environ, "HFTUNE_CPU_THREADS": str(torch.get_num_threads())}
+    print("running:", " ".join(cmd), flush=True)
+    done = subprocess.run(cmd, env=env, cwd=common.REPO_ROOT, capture_output=True, text=True)
+    if done.returncode != 0 or not (out_dir / "results.json").is_file():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise HftuneError(f"the recipe run failed (exit {done.returncode}): {' | '.join(tail)}")
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    return {
+        "train_seconds": results["train_runtime_s"],
+        "train_samples_per_second": results["train_samples_per_second"],
+        "accuracy": results["metrics"]["accuracy"],
+        "precision": results["precision"],
+        "hyperparameters": results["hyperparameters"],
+        "command": " ".join(cmd),
+    }
+
+
+# --- Part A: transformers' default Trainer script ----------------------------------------------------------
+
+
+def default_trainer_run(model_path: str, data, epochs: int, seed: int, out_dir: Path) -> dict:
+    """AutoModel + Trainer with default TrainingArguments and pad-to-max-length data, as in run_glue.py."""
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(data.label_names))
+
+    def encode(batch):
+        return tokenizer(batch["text"], padding="max_length", max_length=MAX_LENGTH, truncation=True)
+
+    tokenized = data.splits.map(encode, batched=True, remove_columns=["text"])
+    training_args = TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=EFFECTIVE_BATCH,
+        per_device_eval_batch_size=64,
+        num_train_epochs=epochs,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=50,
+        seed=seed,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+
+    def accuracy(prediction):
+        return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        data_collator=default_data_collator,
+        compute_metrics=accuracy,
+    )
+    output = trainer.train()
+    metrics = trainer.evaluate()
+    return {
+        "train_seconds": output.metrics["train_runtime"],
+        "train_samples_per_second": output.metrics["train_samples_per_second"],
+        "accuracy": metrics["eval_accuracy"],
+    }
+
+
+# --- Part B: ablation ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    label: str
+    padding: str = "max_length"  # or "longest": pad each batch to its own longest text
+    group_by_length: bool = False
+    micro_batch: int = 8
+    bf16: bool = False
+    attention: str = "sdpa"  # transformers' default for BERT
+    threads: int = 0  # 0 = the benchmark's pinned count
+    workers: int = 0
+    compile: bool = False
+
+    @property
+    def accumulation(self) -> int:
+        return EFFECTIVE_BATCH // self.micro_batch
+
+
+def epoch_batches(config: Config, lengths: list[int], seed: int) -> list[list[int]]:
+    """Micro-batches of indices in the order an epoch would visit them under `config`'s sampler."""
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    generator = torch.Generator().manual_seed(seed)
+    if config.group_by_length:
+        order = get_length_grouped_indices(lengths, config.micro_batch, generator=generator)
+    else:
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+    step = config.micro_batch
+    return [order[i : i + step] for i in range(0, len(order) - step + 1, step)]
+
+
+def measure_config(config: Config, model_path: str, features: list[dict], args, threads: int) -> dict:
+    """Median training samples/s of `config` over `args.repeats` windows of `args.steps` optimizer steps."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(config.threads or threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=args.num_labels, attn_implementation=config.attention
+    )
+    model.train()
+    forward = torch.compile(model, dynamic=config.padding == "longest") if config.compile else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    collator = DataCollatorWithPadding(
+        tokenizer, padding=config.padding, max_length=MAX_LENGTH if config.padding == "max_length" else None
+    )
+    lengths = [len(f["input_ids"]) for f in features]
+    batches = epoch_batches(config, lengths, args.seed)
+    rng = random.Random(args.seed)
+    micro_per_window = args.steps * config.accumulation
+
+    def window(n_micro: int) -> tuple[float, int]:
+        chosen = rng.sample(batches, min(n_micro, len(batches)))
+        loader = DataLoader(features, batch_sampler=chosen, collate_fn=collator, num_workers=config.workers)
+        iterator = iter(loader)
+        first = next(iterator)  # worker start-up happens once per epoch, not once per window
+        started = time.perf_counter()
+        samples = 0
+        for i, batch in enumerate(_chain(first, iterator)):
+            samples += batch["input_ids"].shape[0]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                loss = forward(**batch).loss / config.accumulation
+            loss.backward()
+            if (i + 1) % config.accumulation == 0:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - started, samples
+
+    if args.warmup:
+        window(args.warmup * config.accumulation)
+    rates = []
+    for _ in range(args.repeats):
+        seconds, samples = window(micro_per_window)
+        rates.append(samples / seconds)
+    torch.set_num_threads(threads)
+    mean_tokens = float(np.mean([max(lengths[i] for i in b) for b in batches]))
+    padded = MAX_LENGTH if config.padding == "max_length" else mean_tokens
+    return {
+        "label": config.label,
+        "config": dataclasses.asdict(config),
+        "samples_per_second": common.median(rates),
+        "samples_per_second_all": rates,
+        "mean_padded_length": padded,
+    }
+
+
+def _chain(first, iterator):
+    yield first
+    yield from iterator
+
+
+def ablation_configs(args, bf16_ok: bool) -> tuple[list[Config], list[Config]]:
+    base = Config("user loop: pad 128, batch 8 x 4 accumulation, fp32")
+    cumulative = [base]
+    cumulative.append(dataclasses.replace(base, label="+ dynamic padding", padding="longest"))
+    cumulative.append(dataclasses.replace(cumulative[-1], label="+ length grouping", group_by_length=True))
+    cumulative.append(
+        dataclasses.replace(cumulative[-1], label="+ batch 32, no accumulation", micro_batch=32)
+    )
+    if bf16_ok:
+        cumulative.append(dataclasses.replace(cumulative[-1], label="+ bf16 autocast (= recipe)", bf16=True))
+    recipe = cumulative[-1]
+    variants = [
+        dataclasses.replace(recipe, label="recipe, eager attention instead of SDPA", attention="eager"),
+        dataclasses.replace(recipe, label="recipe, 1 thread (accelerate launch without config)", threads=1),
+        dataclasses.replace(recipe, label="recipe + DataLoader num_workers=1", workers=1),
+    ]
+    if args.compile:
+        variants.append(dataclasses.replace(recipe, label="recipe + torch.compile", compile=True))
+    return cumulative, variants
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_common_args(parser)
+    parser.add_argument(
+        "--data_dir", type=Path, default=common.EMOTION_DIR, help="emotion train.txt/validation.txt"
+    )
+    parser.add_argument(
+        "--model", default=None, help="encoder folder or Hub id (default: the embedded MiniLM)"
+    )
+    parser.add_argument(
+        "--train_samples", type=int, default=None, help="training subset (default: all 16,000)"
+    )
+    parser.add_argument(
+        "--eval_samples", type=int, default=None, help="validation subset (default: all 2,000)"
+    )
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per timed ablation window")
+    parser.add_argument(
+        "--compile", action="store_true", help="add a torch.compile row (compiles for minutes)"
+    )
+    parser.add_argument("--skip", nargs="*", default=[], choices=["user", "recipe", "trainer", "ablation"])
+    parser.add_argument("--launcher", choices=["accelerate", "python"], default="accelerate")
+    parser.add_argument(
+        "--recipe_args", nargs=argparse.REMAINDER, default=[], help="extra recipe flags (last)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_samples, args.eval_samples = 96, 64
+        args.steps, args.repeats, args.warmup = 1, 1, 0
+    return args
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = common.setup(args.threads, args.seed)
+    model_path = args.model or embedded_encoder_path()
+    train_file, validation_file = common.emotion_files(args.data_dir)
+    data = common.load_emotion(args.data_dir, args.train_samples, args.eval_samples, args.seed)
+    args.num_labels = len(data.label_names)
+    n_train = len(data.splits["train"])
+    print(
+        f"emotion: {n_train} training texts, {len(data.splits['validation'])} validation; {threads} threads"
+    )
+
+    results: dict = {"train_samples": n_train, "epochs": args.epochs, "threads": threads}
+    scratch = Path(tempfile.mkdtemp(prefix="bench_training_speed-"))
+    try:
+        if "user" not in args.skip:
+            results["user_loop"] = user_loop(model_path, data, args.epochs, args.seed)
+            print("user loop:", results["user_loop"], flush=True)
+        if "recipe" not in args.skip:
+            results["recipe"] = recipe_run(args, train_file, validation_file, scratch / "recipe")
+            print("recipe:", results["recipe"], flush=True)
+        if "trainer" not in args.skip:
+            results["default_trainer"] = default_trainer_run(
+                model_path, data, args.epochs, args.seed, scratch / "t"
+            )
+            print("default Trainer:", results["default_trainer"], flush=True)
+        if "ablation" not in args.skip:
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            train = data.splits["train"]
+            encoded = tokenizer(list(train["text"]), truncation=True, max_length=MAX_LENGTH)
+            features = [
+                {"input_ids": ids, "attention_mask": mask, "labels": label}
+                for ids, mask, label in zip(
+                    encoded["input_ids"], encoded["attention_mask"], list(train["label"]), strict=True
+                )
+            ]
+            cumulative, variants = ablation_configs(args, common.cpu_supports_bf16())
+            results["ablation"] = []
+            for config in cumulative + variants:
+                row = measure_config(config, model_path, features, args, threads)
+                row["cumulative"] = config in cumulative
+                results["ablation"].append(row)
+                print(f"{config.label}: {row['samples_per_second']:.1f} samples/s", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    markdown = render(results)
+    common.write_report("training_speed", args.output_dir, markdown, results, args.quick)
+    if results.get("ablation"):
+        rows = results["ablation"]
+        common.bar_chart(
+            args.output_dir / "training_speed.png",
+            [r["label"] for r in rows],
+            [r["samples_per_second"] for r in rows],
+            "training samples/s (median)",
+            "MiniLM on emotion: one optimisation at a time",
+        )
+    return 0
+
+
+def render(results: dict) -> str:
+    parts = []
+    runs = [("user loop (hand-written)", "user_loop"), ("hftune recipe (sentiment_freeze.py, full FT)", "recipe"),
+            ("default Trainer (pad 128, fp32)", "default_trainer")]  # fmt: skip
+    base = results.get("user_loop", {}).get("train_samples_per_second")
+    rows = []
+    for label, key in runs:
+        if key not in results:
+            continue
+        run = results[key]
+        ratio = run["train_samples_per_second"] / base if base else float("nan")
+        rows.append([label, run["train_samples_per_second"], f"{ratio:.2f}x", f"{run['accuracy']:.4f}",
+                     f"{run['train_seconds']:.0f}"])  # fmt: skip
+    if rows:
+        parts.append(
+            f"End to end: {results['train_samples']} training texts x {results['epochs']} epoch(s), effective batch "
+            f"{EFFECTIVE_BATCH}, {results['threads']} threads.\n\n"
+            + common.markdown_table(
+                ["run", "train samples/s", "vs user loop", "validation accuracy", "train s"], rows
+            )
+        )
+    if "recipe" in results and "default_trainer" in results:
+        ratio = (
+            results["recipe"]["train_samples_per_second"]
+            / results["default_trainer"]["train_samples_per_second"]
+        )
+        parts.append(f"Recipe vs default Trainer: **{ratio:.2f}x** samples/s (target >= 1.5x).")
+    if "recipe" in results and base:
+        ratio = results["recipe"]["train_samples_per_second"] / base
+        parts.append(
+            f"Recipe vs user loop: **{ratio:.2f}x** samples/s (target >= 6x, accuracy equal or better)."
+        )
+    if results.get("ablation"):
+        ablation = results["ablation"]
+        first = ablation[0]["samples_per_second"]
+        recipe_rate = [r for r in ablation if r["cumulative"]][-1]["samples_per_second"]
+        rows, previous = [], first
+        for r in ablation:
+            rate = r["samples_per_second"]
+            step = rate / previous if r["cumulative"] else rate / recipe_rate
+            rows.append([r["label"], rate, f"{rate / first:.2f}x",
+                         f"{step:.2f}x" + ("" if r["cumulative"] else " vs recipe"), f"{r['mean_padded_length']:.0f}"])  # fmt: skip
+            if r["cumulative"]:
+                previous = rate
+        parts.append(
+            "Ablation (median of repeats; cumulative rows first, then single changes to the recipe configuration):\n\n"
+            + common.markdown_table(
+                ["configuration", "samples/s", "vs user loop", "this step", "mean padded length"], rows
+            )
+        )
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

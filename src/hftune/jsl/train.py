@@ -1,0 +1,534 @@
+"""Training, evaluation and saving of the JSL seq2seq model (the logic behind `recipes/jsl_seq2seq.py`).
+
+The story: load Japanese/gloss pairs (the shipped corpus or the user's files) -> build the joint tokenizer from
+the training pairs -> build a fresh model -> pick device and precision -> train with `Seq2SeqTrainer`
+(teacher forcing, label smoothing, evaluation by generation every epoch, best epoch kept) -> score the test
+split -> save one complete folder: weights, config, tokenizer, code, metrics, results, card, plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    DataCollatorForSeq2Seq,
+    GenerationConfig,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    set_seed,
+)
+
+from hftune.errors import HftuneError
+from hftune.jsl.configuration_jsl import JslSeq2SeqConfig
+from hftune.jsl.export import DEFAULT_ATTENTION_INPUTS, check_weight_name, export_attentions, export_weights
+from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration
+from hftune.jsl.tokenization_jsl import JslTokenizer, target_tokens
+from hftune.training import AtomicCheckpointTrainer, last_checkpoint, log, world_size
+
+SHIPPED_CORPUS_NAME = "jsl-gloss-corpus"
+
+
+@dataclass
+class JslArguments:
+    # Data
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Your own training pairs (.jsonl/.json/.csv/.tsv with columns `ja` and `gloss`, glosses "
+            "space-separated like `<私> <食べる>`). Default: the corpus shipped with hftune."
+        },
+    )
+    validation_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Validation pairs (same format). Default with --train_file: a seeded hold-out of it."
+        },
+    )
+    test_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Test pairs (same format). Default with --train_file: the final score is on validation."
+        },
+    )
+    ja_column: str = field(default="ja", metadata={"help": "Column of the Japanese text in your files."})
+    gloss_column: str = field(
+        default="gloss", metadata={"help": "Column of the gloss sequence in your files."}
+    )
+    validation_split_percentage: float = field(
+        default=10.0,
+        metadata={"help": "Percent of --train_file held out for validation when there is no file."},
+    )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Train on at most this many pairs (a seeded random subset): quick trials."},
+    )
+    # Model size
+    d_model: int = field(default=128, metadata={"help": "Width of embeddings and hidden states."})
+    num_heads: int = field(default=4, metadata={"help": "Attention heads (must divide d_model)."})
+    encoder_layers: int = field(default=2, metadata={"help": "Encoder blocks."})
+    decoder_layers: int = field(default=2, metadata={"help": "Decoder blocks."})
+    d_ff: int = field(default=512, metadata={"help": "Inner width of the feed-forward blocks."})
+    dropout: float = field(
+        default=0.1, metadata={"help": "Dropout on embeddings, sub-block outputs and FFNs."}
+    )
+    attention_dropout: float = field(default=0.0, metadata={"help": "Dropout on attention probabilities."})
+    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the training loss."})
+    max_source_length: int = field(
+        default=48,
+        metadata={"help": "Longest Japanese input in characters (with </s>); longer is truncated."},
+    )
+    max_target_length: int = field(
+        default=16,
+        metadata={"help": "Longest gloss output in tokens (with </s>); also the generation limit."},
+    )
+    # Hardware
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (cuda, then mps, then cpu) | cuda | mps | cpu.",
+            "choices": ["auto", "cuda", "mps", "cpu"],
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | fp32 | fp16 | bf16. auto: bf16/fp16 mixed precision on GPUs that support it, fp32 on "
+            "CPU (this small model trains slower under CPU bf16 autocast).",
+            "choices": ["auto", "fp32", "fp16", "bf16"],
+        },
+    )
+    # Exports
+    export_attentions: bool = field(
+        default=False,
+        metadata={
+            "help": "Write attention maps (CSV per layer and head, heatmap PNGs) to OUTPUT_DIR/attentions."
+        },
+    )
+    attention_inputs: list[str] = field(
+        default_factory=lambda: list(DEFAULT_ATTENTION_INPUTS),
+        metadata={"help": "Sentences whose attention maps --export_attentions writes."},
+    )
+    attention_max_length: int = field(
+        default=24, metadata={"help": "--export_attentions skips (with a warning) inputs longer than this."}
+    )
+    export_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "Write one named parameter (e.g. encoder.embed_tokens.weight) as OUTPUT_DIR/weights/NAME.csv."
+        },
+    )
+
+
+# --- data -------------------------------------------------------------------------------------------------
+
+
+def load_training_pairs(args: JslArguments, seed: int):
+    """(DatasetDict train/validation/test with `ja` and `gloss`, dataset name, name of the split scored last)."""
+    from datasets import DatasetDict
+
+    from hftune.jsl.corpus import load_gloss_pairs, load_jsl_corpus
+
+    if args.train_file is None:
+        if args.validation_file or args.test_file:
+            raise HftuneError(
+                "--validation_file/--test_file need --train_file too (the shipped corpus has its own splits)"
+            )
+        splits = load_jsl_corpus().select_columns(["ja", "gloss"])
+        name, final_split = SHIPPED_CORPUS_NAME, "test"
+    else:
+
+        def read(path: str):
+            return load_gloss_pairs(path, ja_column=args.ja_column, gloss_column=args.gloss_column)
+
+        train = read(args.train_file)
+        if args.validation_file:
+            validation = read(args.validation_file)
+        else:
+            if not 0 < args.validation_split_percentage < 100:
+                raise HftuneError(
+                    f"--validation_split_percentage {args.validation_split_percentage} must be between 0 and 100"
+                )
+            held = train.train_test_split(test_size=args.validation_split_percentage / 100, seed=seed)
+            train, validation = held["train"], held["test"]
+        splits = DatasetDict({"train": train, "validation": validation})
+        if args.test_file:
+            splits["test"] = read(args.test_file)
+        final_split = "test" if args.test_file else "validation"
+        name = Path(args.train_file).stem
+        if not args.test_file:
+            log("no --test_file: the final scores are on the validation split")
+    if args.max_train_samples is not None:
+        if args.max_train_samples < 1:
+            raise HftuneError(f"--max_train_samples {args.max_train_samples} must be at least 1")
+        train = splits["train"].shuffle(seed=seed)
+        splits["train"] = train.select(range(min(args.max_train_samples, len(train))))
+    return splits, name, final_split
+
+
+def build_tokenizer(train, max_source_length: int) -> JslTokenizer:
+    """The joint vocabulary of the training pairs; inputs are cut at `max_source_length` characters."""
+    return JslTokenizer.build_from_pairs(
+        zip(train["ja"], train["gloss"], strict=True), model_max_length=max_source_length
+    )
+
+
+def build_model(tokenizer: JslTokenizer, args: JslArguments, seed: int) -> JslSeq2SeqForConditionalGeneration:
+    """A freshly initialised model (seeded) whose decoder may only emit gloss tokens and `</s>`."""
+    try:
+        config = JslSeq2SeqConfig(
+            vocab_size=len(tokenizer),
+            d_model=args.d_model,
+            num_heads=args.num_heads,
+            encoder_layers=args.encoder_layers,
+            decoder_layers=args.decoder_layers,
+            d_ff=args.d_ff,
+            dropout=args.dropout,
+            attention_dropout=args.attention_dropout,
+            label_smoothing=args.label_smoothing,
+            max_source_length=args.max_source_length,
+            max_target_length=args.max_target_length,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            unk_token_id=tokenizer.unk_token_id,
+            decoder_start_token_id=tokenizer.bos_token_id,
+        )
+    except ValueError as err:
+        raise HftuneError(f"invalid model size: {err}") from None
+    set_seed(seed)
+    model = JslSeq2SeqForConditionalGeneration(config)
+    set_generation_config(model, tokenizer, for_trainer=True)
+    return model
+
+
+def set_generation_config(model, tokenizer: JslTokenizer, *, for_trainer: bool) -> None:
+    """Greedy decoding that may emit only gloss tokens and `</s>` (the vocabulary is shared with the source
+    side: without this an undertrained model can emit characters), limited to `max_target_length` tokens.
+
+    Seq2SeqTrainer fills an unset `max_length` with 20 and generate() then warns at every call that both
+    `max_length` and `max_new_tokens` are set: the trainer gets the limit as `max_length`, users (the saved
+    generation_config.json) as `max_new_tokens`, which a `max_new_tokens=` argument overrides cleanly.
+    """
+    config = GenerationConfig.from_model_config(model.config)
+    config._from_model_config = False  # our own settings, not legacy ones copied from the model config
+    allowed = {tokenizer.convert_tokens_to_ids(token) for token in gloss_tokens(tokenizer)} | {
+        tokenizer.eos_token_id
+    }
+    config.suppress_tokens = [i for i in range(len(tokenizer)) if i not in allowed]
+    limit = model.config.max_target_length
+    if for_trainer:
+        config.max_length = limit + 1  # counts the decoder start token
+    else:
+        config.max_new_tokens = limit
+    model.generation_config = config
+
+
+def gloss_tokens(tokenizer: JslTokenizer) -> list[str]:
+    """Target-side tokens of the vocabulary: `<...>` glosses (the corpus convention) other than the specials."""
+    specials = set(tokenizer.all_special_tokens)
+    return [
+        t
+        for t in tokenizer.get_vocab()
+        if t.startswith("<") and t.endswith(">") and len(t) > 2 and t not in specials
+    ]
+
+
+def tokenize_pairs(splits, tokenizer: JslTokenizer, max_target_length: int):
+    def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        encoded = tokenizer(batch["ja"], truncation=True, max_length=tokenizer.model_max_length)
+        labels = tokenizer(text_target=batch["gloss"], truncation=True, max_length=max_target_length)
+        encoded["labels"] = labels["input_ids"]
+        return encoded
+
+    too_long = sum(len(target_tokens(g)) + 1 > max_target_length for g in splits["train"]["gloss"])
+    if too_long:
+        log(f"{too_long} training glosses exceed --max_target_length {max_target_length} and are truncated")
+    return splits.map(encode, batched=True, remove_columns=["ja", "gloss"])
+
+
+# --- device, metrics, trainer -------------------------------------------------------------------------------
+
+
+def decide_device_and_precision(args: JslArguments, training_args: Seq2SeqTrainingArguments):
+    """Resolve --device/--precision into Trainer flags (use_cpu, bf16, fp16); returns (new args, decision)."""
+    from hftune import hardware
+    from hftune.training import use_all_cpu_cores
+
+    info = hardware.detect_hardware()
+    device = hardware.resolve_device(args.device, info)
+    requested = args.precision
+    if device == "cpu" and requested == "auto":
+        requested = "fp32"  # bf16 autocast measured 1.4x slower per step for this model size on CPU
+    decision = hardware.decide_precision(
+        info, requested, model_type=JslSeq2SeqConfig.model_type, device=device
+    )
+    log(decision.summary())
+    os.environ["ACCELERATE_MIXED_PRECISION"] = {"fp32": "no"}.get(decision.precision, decision.precision)
+    if device == "cpu":
+        log(f"CPU threads: {use_all_cpu_cores()}")
+    overrides = dict(decision.trainer_kwargs)
+    if "wer" in (training_args.metric_for_best_model or ""):
+        overrides["greater_is_better"] = False  # Trainer assumes bigger is better for every non-loss metric
+    return dataclasses.replace(training_args, **overrides), decision
+
+
+class GlossScorer:
+    """`compute_metrics` for generated gloss ids against the reference strings of the split being scored
+    (the originals, so a reference gloss unknown to the tokenizer still counts as an error)."""
+
+    def __init__(self, tokenizer: JslTokenizer, references: list[str]) -> None:
+        self.tokenizer = tokenizer
+        self.references = references
+        self.predictions: list[str] = []
+
+    def __call__(self, prediction) -> dict[str, float]:
+        from hftune.metrics import gloss_metrics
+
+        ids = (
+            prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        )
+        ids = np.where(ids < 0, self.tokenizer.pad_token_id, ids)
+        self.predictions = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return gloss_metrics(self.predictions, self.references)
+
+
+def normalised_references(split) -> list[str]:
+    return [" ".join(target_tokens(gloss)) for gloss in split["gloss"]]
+
+
+class JslSeq2SeqTrainer(AtomicCheckpointTrainer, Seq2SeqTrainer):
+    """Seq2SeqTrainer (evaluation by generation) with hftune's atomic checkpoints."""
+
+
+# --- reports ----------------------------------------------------------------------------------------------
+
+
+def parameter_statistics(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    stats = {}
+    for name, param in model.named_parameters():
+        values = param.detach().float()
+        stats[name] = {
+            "shape": list(values.shape),
+            "mean": values.mean().item(),
+            "std": values.std().item() if values.numel() > 1 else 0.0,
+            "min": values.min().item(),
+            "max": values.max().item(),
+        }
+    return stats
+
+
+def git_commit() -> str | None:
+    """The commit of the hftune source tree, if it is a git checkout (best effort: None otherwise)."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+            text=True, timeout=5, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and len(commit) == 40 else None
+
+
+def _hyperparameters(args: JslArguments, training_args: Seq2SeqTrainingArguments) -> dict[str, Any]:
+    model_size = {
+        name: getattr(args, name)
+        for name in (
+            "d_model", "num_heads", "encoder_layers", "decoder_layers", "d_ff", "dropout", "attention_dropout",
+            "label_smoothing", "max_source_length", "max_target_length",
+        )
+    }  # fmt: skip
+    return {
+        **model_size,
+        "learning_rate": training_args.learning_rate,
+        "num_train_epochs": training_args.num_train_epochs,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "effective_batch_size": training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * world_size(),
+        "warmup_steps": training_args.warmup_steps,
+        "lr_scheduler_type": getattr(
+            training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type
+        ),
+        "weight_decay": training_args.weight_decay,
+        "optimizer": getattr(training_args.optim, "value", training_args.optim),
+        "metric_for_best_model": training_args.metric_for_best_model,
+        "generation_num_beams": training_args.generation_num_beams or 1,
+    }
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+
+
+def run_jsl_training(
+    model: JslSeq2SeqForConditionalGeneration,
+    tokenizer: JslTokenizer,
+    splits,
+    training_args: Seq2SeqTrainingArguments,
+    args: JslArguments,
+    *,
+    decision,
+    dataset_name: str,
+    final_split: str,
+) -> dict[str, Any]:
+    """Train, keep the best epoch, score `final_split`, save the folder; returns the results dict."""
+    from hftune.hardware import MemoryCallback
+    from hftune.persistence import claim_output_dir, staged_final_artifacts
+    from hftune.results import library_versions
+
+    if not training_args.predict_with_generate:
+        raise HftuneError("--predict_with_generate False would score teacher-forced logits; keep it True")
+    if args.export_weights:
+        check_weight_name(model, args.export_weights)  # before training, not after it
+    out = Path(training_args.output_dir)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with claim_output_dir(out, is_main_process=main_process) as claim:
+        tokenized = tokenize_pairs(splits, tokenizer, args.max_target_length)
+        scorer = GlossScorer(tokenizer, normalised_references(splits["validation"]))
+        memory = MemoryCallback()
+        trainer = JslSeq2SeqTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=tokenized["train"],
+            eval_dataset=tokenized["validation"],
+            processing_class=tokenizer,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+            compute_metrics=scorer,
+            callbacks=[memory],
+        )
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        log(
+            f"scratch: {total:,} parameters, vocabulary {len(tokenizer)}, {len(tokenized['train'])} training pairs"
+        )
+        resume_from = last_checkpoint(str(out))
+        if resume_from:
+            log(f"resuming from {resume_from}")
+        claim.training_started()
+        started = time.perf_counter()
+        train_output = trainer.train(resume_from_checkpoint=resume_from)
+        train_seconds = time.perf_counter() - started
+
+        validation_metrics = trainer.evaluate(metric_key_prefix="eval")
+        scorer.references = normalised_references(splits[final_split])
+        prediction = trainer.predict(tokenized[final_split], metric_key_prefix=final_split)
+        timing = ("runtime", "samples_per_second", "steps_per_second", "loss")
+        final_metrics = {
+            k.removeprefix(f"{final_split}_"): float(v)
+            for k, v in prediction.metrics.items()
+            if not k.endswith(timing)
+        }
+        if not trainer.is_world_process_zero():
+            return final_metrics
+        log(f"{final_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in final_metrics.items()))
+
+        model = trainer.model.eval()
+        set_generation_config(model, tokenizer, for_trainer=False)
+        speed = _generation_speed(model, tokenizer, splits[final_split]["ja"])
+        results = {
+            "task": "jsl-seq2seq",
+            "method": "scratch",
+            "artifact": "remote-code",
+            "base_model": None,
+            "dataset": dataset_name,
+            "language": ["ja"],
+            "metrics": final_metrics,
+            "eval_split": final_split,
+            "validation_metrics": {
+                k.removeprefix("eval_"): float(v)
+                for k, v in validation_metrics.items()
+                if not k.endswith(("runtime", "samples_per_second", "steps_per_second"))
+            },
+            "split_sizes": {name: len(split) for name, split in splits.items()},
+            "vocabulary_size": len(tokenizer),
+            "trainable_params": trainable,
+            "total_params": total,
+            "trainable_ratio": trainable / total,
+            "train_runtime_s": round(train_seconds, 2),
+            "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
+            "best_checkpoint_metric": trainer.state.best_metric,
+            "peak_memory_mb": memory.peak_mb,
+            "world_size": world_size(),
+            "seed": training_args.seed,
+            "device": decision.device,
+            "precision": decision.precision,
+            "resumed_from_checkpoint": resume_from,
+            "hyperparameters": _hyperparameters(args, training_args),
+            "generation_speed": speed,
+            "versions": library_versions(),
+        }
+        metadata = {
+            "seed": training_args.seed,
+            "git_commit": git_commit(),
+            "dataset": dataset_name,
+            "recipe": "jsl_seq2seq",
+            "device": decision.device,
+            "precision": decision.precision,
+        }
+        metrics_file = {
+            "training_curve": trainer.state.log_history,
+            "parameter_statistics": parameter_statistics(model),
+        }
+        predictions = [
+            {"ja": ja, "reference": ref, "prediction": pred}
+            for ja, ref, pred in zip(
+                splits[final_split]["ja"], scorer.references, scorer.predictions, strict=True
+            )
+        ]
+        with staged_final_artifacts(out) as staging, tempfile.TemporaryDirectory() as plots_dir:
+            _save_folder(
+                model, tokenizer, args, staging, Path(plots_dir), results, metadata, metrics_file, predictions
+            )
+    log(f'saved to {out}; translate with: hftune translate --model {out} "ありがとう"')
+    return results
+
+
+def _generation_speed(model, tokenizer, texts: list[str]) -> dict[str, float]:
+    from hftune.jsl.translate import measure_generation_speed
+
+    return measure_generation_speed(model, tokenizer, texts)
+
+
+def _save_folder(
+    model, tokenizer, args, staging: Path, plots_dir: Path, results, metadata, metrics_file, predictions
+) -> None:
+    """Everything goes through save_jsl_model's atomic write; the card is rendered first so it is part of it."""
+    from hftune.cards import build_model_card, validate_card
+    from hftune.jsl.artifacts import save_jsl_model
+    from hftune.plots import plot_training_curves
+
+    plots = [
+        plot_training_curves(metrics_file["training_curve"], plots_dir / "training_curves.png", "exact_match")
+    ]
+    results["plots"] = [p.name for p in plots if p is not None]
+    card = build_model_card(results, plots_dir)
+    validate_card(card, source=str(staging / "README.md"))
+    extra = {
+        "README.md": str(card),
+        "metrics.json": json.dumps(metrics_file, indent=1, ensure_ascii=False, default=str) + "\n",
+        f"{results['eval_split']}_predictions.jsonl": "".join(
+            json.dumps(row, ensure_ascii=False) + "\n" for row in predictions
+        ),
+        "results.json": json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n",
+    }
+    save_jsl_model(model, tokenizer, staging, metadata, extra_files=extra)
+    for plot in plots_dir.glob("*.png"):
+        (staging / plot.name).write_bytes(plot.read_bytes())
+    if args.export_attentions:
+        files = export_attentions(
+            model, tokenizer, args.attention_inputs, staging / "attentions", args.attention_max_length
+        )
+        log(f"attention maps: {len(files)} files in attentions/")
+    if args.export_weights:
+        path = export_weights(model, args.export_weights, staging / "weights")
+        log(f"weights: {path.relative_to(staging)}")

@@ -1,0 +1,181 @@
+"""`translate` and `hftune translate`: arguments, files and stdin, one output line per input line, bad input,
+and refusal of damaged model folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hftune.cli import main as hftune_main
+from hftune.jsl.artifacts import load_jsl_model, save_jsl_model
+from hftune.jsl.corpus import load_jsl_corpus
+from hftune.jsl.train import JslArguments, build_model, build_tokenizer, gloss_tokens, set_generation_config
+from hftune.jsl.translate import translate
+
+TRAIN_PAIRS = 48
+
+
+def train_tiny_jsl_folder(folder: Path) -> Path:
+    """A tiny model fitted for a few seconds on real corpus pairs, saved the way the recipe saves it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train = load_jsl_corpus("train").select(range(TRAIN_PAIRS))
+        args = JslArguments(d_model=64, num_heads=4, encoder_layers=1, decoder_layers=1, d_ff=128, dropout=0.0)
+        tokenizer = build_tokenizer(train, args.max_source_length)
+        model = build_model(tokenizer, args, seed=0)
+        batch = tokenizer(list(train["ja"]), text_target=list(train["gloss"]), padding=True, return_tensors="pt")
+        labels = batch["labels"].masked_fill(batch["labels"] == tokenizer.pad_token_id, -100)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(80):
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        set_generation_config(model, tokenizer, for_trainer=False)
+        return save_jsl_model(model, tokenizer, folder, {"seed": 0})
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return train_tiny_jsl_folder(tmp_path_factory.mktemp("jsl") / "model")
+
+
+@pytest.fixture(scope="module")
+def loaded(folder):
+    return load_jsl_model(folder)
+
+
+def is_gloss_string(text: str, allowed: set[str]) -> bool:
+    return all(token in allowed for token in text.split()) and text == " ".join(text.split())
+
+
+def test_translate_keeps_order_and_length_and_emits_only_glosses(loaded):
+    model, tokenizer = loaded
+    corpus = load_jsl_corpus("train").select(range(TRAIN_PAIRS))
+    texts = list(corpus["ja"])
+    glosses = translate(texts, model, tokenizer, batch_size=7)
+    assert len(glosses) == len(texts)
+    allowed = set(gloss_tokens(tokenizer))
+    assert all(glosses) and all(is_gloss_string(g, allowed) for g in glosses)
+    # Batching and length-sorting do not change a sentence's output.
+    one_by_one = [translate([text], model, tokenizer)[0] for text in texts[:4]]
+    assert glosses[:4] == one_by_one
+    # The model learnt its training pairs: most come out exactly right.
+    exact = sum(g == ref for g, ref in zip(glosses, corpus["gloss"], strict=True))
+    assert exact >= 40
+    beams = translate(texts[:8], model, tokenizer, num_beams=3)
+    assert all(is_gloss_string(g, allowed) for g in beams)
+
+
+def test_empty_unknown_and_over_long_input(loaded, capsys):
+    model, tokenizer = loaded
+    long_text = "わたしはたべます" * 40
+    texts = ["", "   ", "ありがとう", "𓀀🙂\x07ЖЖ", long_text]
+    glosses = translate(texts, model, tokenizer)
+    assert glosses[:2] == ["", ""]
+    assert glosses[2] and glosses[3] is not None and glosses[4]
+    err = capsys.readouterr().err
+    assert "1 input(s) longer than the model's 47 characters were truncated" in err
+    assert "input 5, 320 characters" in err
+    assert all(is_gloss_string(g, set(gloss_tokens(tokenizer))) for g in glosses)
+    # Unknown characters are <unk> on the input side, not an error.
+    unknown = tokenizer("𓀀🙂")["input_ids"]
+    assert unknown == [tokenizer.unk_token_id] * 2 + [tokenizer.eos_token_id]
+    # Truncation keeps the first characters: the long input translates like its 47-character prefix.
+    assert glosses[4] == translate([long_text[:47]], model, tokenizer)[0]
+
+
+def test_bad_generation_settings_are_refused(loaded):
+    from hftune.errors import HftuneError
+
+    model, tokenizer = loaded
+    with pytest.raises(HftuneError, match="--num_beams 0"):
+        translate(["ありがとう"], model, tokenizer, num_beams=0)
+    with pytest.raises(HftuneError, match="--batch_size 0"):
+        translate(["ありがとう"], model, tokenizer, batch_size=0)
+
+
+def run_cli(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "hftune.cli", "translate", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_arguments_file_and_stdin(folder, loaded, tmp_path):
+    model, tokenizer = loaded
+    lines = ["ありがとう", "", "きのう図書館に行きました", "🙂", "わたしはたべます" * 10]
+    expected = translate(lines, model, tokenizer)
+
+    by_args = run_cli(["--model", str(folder), "--device", "cpu", "ありがとう", "きのう図書館に行きました"])
+    assert by_args.returncode == 0, by_args.stderr
+    assert by_args.stdout.splitlines() == [expected[0], expected[2]]
+
+    path = tmp_path / "input.txt"
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    by_file = run_cli(["--model", str(folder), "--input_file", str(path), "--batch_size", "2"])
+    assert by_file.returncode == 0, by_file.stderr
+    assert by_file.stdout.split("\n") == [*expected, ""]
+    assert "truncated (first: input 5, 80 characters)" in by_file.stderr
+
+    by_stdin = run_cli(["--model", str(folder)], stdin="\n".join(lines))
+    assert by_stdin.returncode == 0, by_stdin.stderr
+    assert by_stdin.stdout.split("\n") == [*expected, ""]
+
+
+def cli_error(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        hftune_main(["translate", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def copy_folder(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+def test_cli_refuses_an_altered_vocabulary_naming_the_file(folder, tmp_path, capsys):
+    copy = copy_folder(folder, tmp_path)
+    vocab = json.loads((copy / "vocab.json").read_text(encoding="utf-8"))
+    vocab["<新しい>"] = len(vocab) - 1  # a token renumbered: the ids no longer mean what the weights learnt
+    (copy / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    err = cli_error(["--model", str(copy), "ありがとう"], capsys)
+    assert f"{copy / 'vocab.json'} does not belong to these weights" in err
+
+
+def test_cli_refuses_truncated_weights_naming_the_file(folder, tmp_path, capsys):
+    copy = copy_folder(folder, tmp_path)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    err = cli_error(["--model", str(copy), "ありがとう"], capsys)
+    assert f"{weights} does not match its sha256" in err
+
+
+def test_cli_input_errors(folder, tmp_path, capsys):
+    assert "does not exist" in cli_error(["--model", str(folder), "--input_file", str(tmp_path / "no.txt")], capsys)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café\n".encode("latin-1"))
+    assert "is not UTF-8 text" in cli_error(["--model", str(folder), "--input_file", str(latin1)], capsys)
+    assert "not both" in cli_error(["--model", str(folder), "--input_file", str(latin1), "ありがとう"], capsys)
+    assert "is neither a folder nor a valid Hub repo id" in cli_error(["--model", str(tmp_path / "missing"), "ありがとう"], capsys)
