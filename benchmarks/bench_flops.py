@@ -75,7 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser, default_repeats=5)
     parser.add_argument("--data_dir", type=Path, default=common.EMOTION_DIR)
-    parser.add_argument("--model", default=None, help="encoder folder or Hub id (default: the embedded MiniLM)")
+    parser.add_argument(
+        "--model", default=None, help="encoder folder or Hub id (default: the embedded MiniLM)"
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--matmul_sizes", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--methods", nargs="+", default=["full", "lora"], choices=["full", "lora"])
@@ -96,9 +98,14 @@ def main(argv: list[str] | None = None) -> int:
 
     peaks = {}
     for name in precisions:
-        rates = {size: matmul_flops_per_second(DTYPES[name], size, args.warmup, args.repeats) for size in args.matmul_sizes}
+        rates = {
+            size: matmul_flops_per_second(DTYPES[name], size, args.warmup, args.repeats)
+            for size in args.matmul_sizes
+        }
         peaks[name] = {"flops_per_second": max(rates.values()), "by_size": rates}
-        print(f"matmul {name}: {max(rates.values()) / 1e9:.1f} GFLOP/s (sizes {args.matmul_sizes})", flush=True)
+        print(
+            f"matmul {name}: {max(rates.values()) / 1e9:.1f} GFLOP/s (sizes {args.matmul_sizes})", flush=True
+        )
 
     data = common.load_emotion(args.data_dir, None, None, args.seed)
     texts = list(data.splits["train"].shuffle(seed=args.seed)[: args.batch_size]["text"])

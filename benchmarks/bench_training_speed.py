@@ -47,21 +47,25 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from hftune.errors import HftuneError, exit_on_user_error
 from hftune.models import embedded_encoder_path
 
-MAX_LENGTH = 128
 EFFECTIVE_BATCH = 32
 
 
 # --- Part A: the user's loop, written as the user wrote it ------------------------------------------------
 
 
-def user_loop(model_path: str, data, epochs: int, seed: int) -> dict:
+def user_loop(model_path: str, data, args) -> dict:
     """The hand-written baseline: pad everything to 128, batch 8, accumulate 4, fp32, no Trainer."""
-    torch.manual_seed(seed)
+    torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(data.label_names))
     train = data.splits["train"]
+    epochs = args.epochs
     enc = tokenizer(
-        list(train["text"]), padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+        list(train["text"]),
+        padding="max_length",
+        truncation=True,
+        max_length=args.max_length,
+        return_tensors="pt",
     )
     dataset = TensorDataset(enc["input_ids"], enc["attention_mask"], torch.tensor(list(train["label"])))
     loader = DataLoader(dataset, batch_size=8, shuffle=True)
@@ -83,7 +87,7 @@ def user_loop(model_path: str, data, epochs: int, seed: int) -> dict:
                 step_times.append(now - last)
                 last = now
     seconds = time.perf_counter() - started
-    accuracy = evaluate_padded(model, tokenizer, data)
+    accuracy = evaluate_padded(model, tokenizer, data, args.max_length)
     return {
         "train_seconds": seconds,
         "train_samples_per_second": len(train) * epochs / seconds,
@@ -94,7 +98,7 @@ def user_loop(model_path: str, data, epochs: int, seed: int) -> dict:
 
 
 @torch.no_grad()
-def evaluate_padded(model, tokenizer, data) -> float:
+def evaluate_padded(model, tokenizer, data, max_length: int) -> float:
     model.eval()
     validation = data.splits["validation"]
     correct = 0
@@ -104,7 +108,7 @@ def evaluate_padded(model, tokenizer, data) -> float:
             list(rows["text"]),
             padding="max_length",
             truncation=True,
-            max_length=MAX_LENGTH,
+            max_length=max_length,
             return_tensors="pt",
         )
         predictions = model(**enc).logits.argmax(-1)
@@ -121,7 +125,7 @@ def recipe_run(args, train_file: Path, validation_file: Path, out_dir: Path) -> 
         "--train_file", str(train_file), "--validation_file", str(validation_file),
         "--num_train_epochs", str(args.epochs), "--output_dir", str(out_dir), "--seed", str(args.seed),
         "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "False",
-        "--logging_steps", "50",
+        "--logging_steps", "50", "--max_seq_length", str(args.max_length),
     ]  # fmt: skip
     if args.train_samples:
         flags += ["--max_train_samples", str(args.train_samples)]
@@ -154,7 +158,7 @@ def recipe_run(args, train_file: Path, validation_file: Path, out_dir: Path) -> 
 # --- Part A: transformers' default Trainer script ----------------------------------------------------------
 
 
-def default_trainer_run(model_path: str, data, epochs: int, seed: int, out_dir: Path) -> dict:
+def default_trainer_run(model_path: str, data, args, out_dir: Path) -> dict:
     """AutoModel + Trainer with default TrainingArguments and pad-to-max-length data, as in run_glue.py."""
     from transformers import Trainer, TrainingArguments, default_data_collator
 
@@ -162,18 +166,18 @@ def default_trainer_run(model_path: str, data, epochs: int, seed: int, out_dir: 
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(data.label_names))
 
     def encode(batch):
-        return tokenizer(batch["text"], padding="max_length", max_length=MAX_LENGTH, truncation=True)
+        return tokenizer(batch["text"], padding="max_length", max_length=args.max_length, truncation=True)
 
     tokenized = data.splits.map(encode, batched=True, remove_columns=["text"])
     training_args = TrainingArguments(
         output_dir=str(out_dir),
         per_device_train_batch_size=EFFECTIVE_BATCH,
         per_device_eval_batch_size=64,
-        num_train_epochs=epochs,
+        num_train_epochs=args.epochs,
         save_strategy="no",
         report_to="none",
         logging_steps=50,
-        seed=seed,
+        seed=args.seed,
         use_cpu=True,
         disable_tqdm=True,
     )
@@ -243,7 +247,9 @@ def measure_config(config: Config, model_path: str, features: list[dict], args, 
     forward = torch.compile(model, dynamic=config.padding == "longest") if config.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
     collator = DataCollatorWithPadding(
-        tokenizer, padding=config.padding, max_length=MAX_LENGTH if config.padding == "max_length" else None
+        tokenizer,
+        padding=config.padding,
+        max_length=args.max_length if config.padding == "max_length" else None,
     )
     lengths = [len(f["input_ids"]) for f in features]
     batches = epoch_batches(config, lengths, args.seed)
@@ -275,7 +281,7 @@ def measure_config(config: Config, model_path: str, features: list[dict], args, 
         rates.append(samples / seconds)
     torch.set_num_threads(threads)
     mean_tokens = float(np.mean([max(lengths[i] for i in b) for b in batches]))
-    padded = MAX_LENGTH if config.padding == "max_length" else mean_tokens
+    padded = args.max_length if config.padding == "max_length" else mean_tokens
     return {
         "label": config.label,
         "config": dataclasses.asdict(config),
@@ -291,7 +297,7 @@ def _chain(first, iterator):
 
 
 def ablation_configs(args, bf16_ok: bool) -> tuple[list[Config], list[Config]]:
-    base = Config("user loop: pad 128, batch 8 x 4 accumulation, fp32")
+    base = Config(f"user loop: pad {args.max_length}, batch 8 x 4 accumulation, fp32")
     cumulative = [base]
     cumulative.append(dataclasses.replace(base, label="+ dynamic padding", padding="longest"))
     cumulative.append(dataclasses.replace(cumulative[-1], label="+ length grouping", group_by_length=True))
@@ -330,6 +336,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--eval_samples", type=int, default=None, help="validation subset (default: all 2,000)"
     )
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max_length", type=int, default=128, help="the user's fixed padding length")
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per timed ablation window")
     parser.add_argument(
         "--compile", action="store_true", help="add a torch.compile row (compiles for minutes)"
@@ -341,7 +348,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_samples, args.eval_samples = 96, 64
+        args.train_samples, args.eval_samples, args.max_length = 32, 16, 32
         args.steps, args.repeats, args.warmup = 1, 1, 0
     return args
 
@@ -359,24 +366,27 @@ def main(argv: list[str] | None = None) -> int:
         f"emotion: {n_train} training texts, {len(data.splits['validation'])} validation; {threads} threads"
     )
 
-    results: dict = {"train_samples": n_train, "epochs": args.epochs, "threads": threads}
+    results: dict = {
+        "train_samples": n_train,
+        "epochs": args.epochs,
+        "threads": threads,
+        "max_length": args.max_length,
+    }
     scratch = Path(tempfile.mkdtemp(prefix="bench_training_speed-"))
     try:
         if "user" not in args.skip:
-            results["user_loop"] = user_loop(model_path, data, args.epochs, args.seed)
+            results["user_loop"] = user_loop(model_path, data, args)
             print("user loop:", results["user_loop"], flush=True)
         if "recipe" not in args.skip:
             results["recipe"] = recipe_run(args, train_file, validation_file, scratch / "recipe")
             print("recipe:", results["recipe"], flush=True)
         if "trainer" not in args.skip:
-            results["default_trainer"] = default_trainer_run(
-                model_path, data, args.epochs, args.seed, scratch / "t"
-            )
+            results["default_trainer"] = default_trainer_run(model_path, data, args, scratch / "t")
             print("default Trainer:", results["default_trainer"], flush=True)
         if "ablation" not in args.skip:
             tokenizer = AutoTokenizer.from_pretrained(model_path)
             train = data.splits["train"]
-            encoded = tokenizer(list(train["text"]), truncation=True, max_length=MAX_LENGTH)
+            encoded = tokenizer(list(train["text"]), truncation=True, max_length=args.max_length)
             features = [
                 {"input_ids": ids, "attention_mask": mask, "labels": label}
                 for ids, mask, label in zip(
@@ -410,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
 def render(results: dict) -> str:
     parts = []
     runs = [("user loop (hand-written)", "user_loop"), ("hftune recipe (sentiment_freeze.py, full FT)", "recipe"),
-            ("default Trainer (pad 128, fp32)", "default_trainer")]  # fmt: skip
+            (f"default Trainer (pad {results['max_length']}, fp32)", "default_trainer")]  # fmt: skip
     base = results.get("user_loop", {}).get("train_samples_per_second")
     rows = []
     for label, key in runs:

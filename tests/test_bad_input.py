@@ -211,7 +211,7 @@ def test_a_jsl_folder_with_a_mismatched_tokenizer_is_refused(tmp_path, tiny_jsl)
 # Any Unicode hypothesis can write (control characters, emoji, combining marks, unassigned code points),
 # plus very long runs of them.
 ANY_TEXT = st.one_of(st.text(max_size=40), st.text(min_size=1, max_size=3).map(lambda s: s * 400))
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FAST
@@ -266,7 +266,7 @@ def subprocess_outcomes(files) -> dict[str, Outcome]:
         "via_accelerate_launch": (accelerate, ["--train_file", str(files["cols"])], {}),
         "debug_shows_traceback": (python, ["--train_file", str(files["empty"]), "--debug"], {}),
     }  # fmt: skip
-    with ThreadPoolExecutor(max_workers=2) as pool:  # each mostly waits on imports
+    with ThreadPoolExecutor(max_workers=3) as pool:  # together: the same machine load for all three
         futures = {name: pool.submit(run_case, name, *case, files["root"]) for name, case in cases.items()}
         return {name: future.result() for name, future in futures.items()}
 
@@ -276,8 +276,9 @@ def test_an_unreachable_hub_fails_in_seconds_not_minutes_of_retries(subprocess_o
     line = one_error_line(outcome)
     assert "'org/not-cached-model'" in line and "not in the local cache" in line, line
     assert "the Hub is unreachable" in outcome.stdout
-    # Interpreter start-up and imports included; Hub retries with backoff took 188 s here.
-    assert outcome.seconds < 90
+    # Measured against the --debug case, which pays the same start-up and imports on the same (shared,
+    # loaded) machine and fails at its data file: Hub retries with backoff took 188 s here.
+    assert outcome.seconds < subprocess_outcomes["debug_shows_traceback"].seconds + 45
 
 
 def test_accelerate_launch_shows_the_same_one_line(subprocess_outcomes):

@@ -23,31 +23,35 @@ TRAIN_PAIRS = 48
 
 def train_tiny_jsl_folder(folder: Path) -> Path:
     """A tiny model fitted for a few seconds on real corpus pairs, saved the way the recipe saves it."""
+    train = load_jsl_corpus("train").select(range(TRAIN_PAIRS))
+    args = JslArguments(d_model=64, num_heads=4, encoder_layers=1, decoder_layers=1, d_ff=128, dropout=0.0)
+    tokenizer = build_tokenizer(train, args.max_source_length)
+    model = build_model(tokenizer, args, seed=0)
+    batch = tokenizer(list(train["ja"]), text_target=list(train["gloss"]), padding=True, return_tensors="pt")
+    labels = batch["labels"].masked_fill(batch["labels"] == tokenizer.pad_token_id, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(80):
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    set_generation_config(model, tokenizer, for_trainer=False)
+    return save_jsl_model(model, tokenizer, folder, {"seed": 0})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: a second thread only adds contention on the shared 2-core machine."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        train = load_jsl_corpus("train").select(range(TRAIN_PAIRS))
-        args = JslArguments(d_model=64, num_heads=4, encoder_layers=1, decoder_layers=1, d_ff=128, dropout=0.0)
-        tokenizer = build_tokenizer(train, args.max_source_length)
-        model = build_model(tokenizer, args, seed=0)
-        batch = tokenizer(list(train["ja"]), text_target=list(train["gloss"]), padding=True, return_tensors="pt")
-        labels = batch["labels"].masked_fill(batch["labels"] == tokenizer.pad_token_id, -100)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        model.train()
-        for _ in range(80):
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        set_generation_config(model, tokenizer, for_trainer=False)
-        return save_jsl_model(model, tokenizer, folder, {"seed": 0})
-    finally:
-        torch.set_num_threads(previous)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
+def folder(one_thread, tmp_path_factory) -> Path:
     return train_tiny_jsl_folder(tmp_path_factory.mktemp("jsl") / "model")
 
 
@@ -173,9 +177,15 @@ def test_cli_refuses_truncated_weights_naming_the_file(folder, tmp_path, capsys)
 
 
 def test_cli_input_errors(folder, tmp_path, capsys):
-    assert "does not exist" in cli_error(["--model", str(folder), "--input_file", str(tmp_path / "no.txt")], capsys)
+    assert "does not exist" in cli_error(
+        ["--model", str(folder), "--input_file", str(tmp_path / "no.txt")], capsys
+    )
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café\n".encode("latin-1"))
     assert "is not UTF-8 text" in cli_error(["--model", str(folder), "--input_file", str(latin1)], capsys)
-    assert "not both" in cli_error(["--model", str(folder), "--input_file", str(latin1), "ありがとう"], capsys)
-    assert "is neither a folder nor a valid Hub repo id" in cli_error(["--model", str(tmp_path / "missing"), "ありがとう"], capsys)
+    assert "not both" in cli_error(
+        ["--model", str(folder), "--input_file", str(latin1), "ありがとう"], capsys
+    )
+    assert "is neither a folder nor a valid Hub repo id" in cli_error(
+        ["--model", str(tmp_path / "missing"), "ありがとう"], capsys
+    )

@@ -1,18 +1,23 @@
-"""`hftune leaderboard`: real LoRA runs trained by `--run` (each its own `accelerate launch`), then rendered."""
+"""`hftune leaderboard`: real tiny LoRA runs of the real recipe, rendered; `--run` launches recipes (slow)."""
 
 from __future__ import annotations
 
 import csv
 import functools
 import json
+import os
+import runpy
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hftune import leaderboard
 from hftune.cards import write_model_card
 from hftune.errors import HftuneError
+from hftune.resources import resource_dir
 from hftune.results import read_results
 
 RUNS = {"lora_r2": 2, "lora_r16": 16}  # two real runs that differ only in LoRA rank
@@ -43,29 +48,50 @@ def write_tiny_emotion(emotion_dir: Path, out: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def run_recipe_in_process(recipe: str, argv: list[str]) -> None:
+    """The real recipe script, run in this process: no launcher start-up, so the shared runs stay cheap."""
+    path = resource_dir("recipes") / recipe
+    environ, threads = dict(os.environ), torch.get_num_threads()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "argv", [str(path), *argv])
+            runpy.run_path(str(path), run_name="__main__")
+    finally:  # the recipe sets thread counts and precision variables for its own process
+        os.environ.clear()
+        os.environ.update(environ)
+        torch.set_num_threads(threads)
+
+
 @functools.cache
-def _train_tiny_runs(root: Path, emotion_dir: Path) -> tuple[Path, Path, Path, int]:
+def _train_tiny_runs(root: Path, emotion_dir: Path) -> tuple[Path, Path, Path]:
     train_file, validation_file = write_tiny_emotion(emotion_dir, root / "data")
-    methods = {name: ("sentiment_lora.py", ("--lora_r", str(r))) for name, r in RUNS.items()}
-    # A method whose recipe rejects its flags: reported, while the others still render.
-    methods["broken"] = ("sentiment_lora.py", ("--no_such_flag", "1"))
-    argv = ["--run", "--methods", *methods, "--train_file", str(train_file), "--validation_file",
-            str(validation_file), "--num_train_epochs", "1", "--output_dir", str(root / "runs"), "--", *TINY_RECIPE_ARGS]  # fmt: skip
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(leaderboard, "METHOD_RECIPES", methods)
-        code = leaderboard.leaderboard_command(argv)
-    return root / "runs", train_file, validation_file, code
+    for name, rank in RUNS.items():
+        run_recipe_in_process(
+            "sentiment_lora.py",
+            ["--train_file", str(train_file), "--validation_file", str(validation_file), "--num_train_epochs", "1",
+             "--lora_r", str(rank), "--output_dir", str(root / "runs" / name), *TINY_RECIPE_ARGS],
+        )  # fmt: skip
+    return root / "runs", train_file, validation_file
 
 
 @pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory, emotion_dir) -> tuple[Path, Path, Path, int]:
-    """(ROOT with ROOT/lora_r2 and ROOT/lora_r16, train file, validation file, exit code of `--run`)."""
+def tiny_runs(tmp_path_factory, emotion_dir) -> tuple[Path, Path, Path]:
+    """(ROOT with the real runs ROOT/lora_r2 and ROOT/lora_r16, their train file, their validation file)."""
     return _train_tiny_runs(tmp_path_factory.getbasetemp() / "tiny_runs", emotion_dir)
 
 
-def test_run_trains_each_method_and_reports_the_failing_one(tiny_runs):
-    root, _, _, code = tiny_runs
-    assert code == 1  # one method failed
+@pytest.mark.slow  # three `accelerate launch` processes: ~2 min on a quiet 2-core machine, far more when shared
+def test_run_trains_each_method_and_reports_the_failing_one(tmp_path, emotion_dir):
+    train_file, validation_file = write_tiny_emotion(emotion_dir, tmp_path / "data")
+    methods = {name: ("sentiment_lora.py", ("--lora_r", str(r))) for name, r in RUNS.items()}
+    # A method whose recipe rejects its flags: reported, while the others still render.
+    methods["broken"] = ("sentiment_lora.py", ("--no_such_flag", "1"))
+    root = tmp_path / "runs"
+    argv = ["--run", "--methods", *methods, "--train_file", str(train_file), "--validation_file",
+            str(validation_file), "--num_train_epochs", "1", "--output_dir", str(root), "--", *TINY_RECIPE_ARGS]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(leaderboard, "METHOD_RECIPES", methods)
+        assert leaderboard.leaderboard_command(argv) == 1  # one method failed
     board = json.loads((root / "leaderboard.json").read_text(encoding="utf-8"))
     assert sorted(row["run"] for row in board["rows"]) == sorted(RUNS)
     assert "no_such_flag" in board["failed"]["broken"]
@@ -76,10 +102,12 @@ def test_run_trains_each_method_and_reports_the_failing_one(tiny_runs):
         assert results["hyperparameters"]["num_train_epochs"] == 1
         assert results["hyperparameters"]["max_seq_length"] == 32
         assert json.loads((root / name / "adapter_config.json").read_text(encoding="utf-8"))["r"] == rank
-    assert (
-        read_results(root / "lora_r16")["trainable_params"]
-        > read_results(root / "lora_r2")["trainable_params"]
-    )
+
+
+def test_tiny_runs_differ_only_in_lora_rank(tiny_runs):
+    r2, r16 = read_results(tiny_runs[0] / "lora_r2"), read_results(tiny_runs[0] / "lora_r16")
+    assert r16["trainable_params"] > r2["trainable_params"] and r16["total_params"] > r2["total_params"]
+    assert r2["split_sizes"] == r16["split_sizes"] == {"train": 60, "validation": 40}
 
 
 def test_renders_markdown_json_and_png_from_run_folders(tiny_runs, tmp_path, capsys):
@@ -134,6 +162,13 @@ def test_unknown_sort_column_names_it_and_the_valid_ones(tiny_runs, tmp_path):
         leaderboard.leaderboard_command(
             [str(tiny_runs[0] / "lora_r2"), "--sort", "bleu", "--output", str(tmp_path)]
         )
+
+
+def test_a_folder_of_runs_stands_for_its_runs(tiny_runs):
+    rows = leaderboard.collect_rows(
+        [str(tiny_runs[0])]
+    )  # ROOT of --run: logs/ and leaderboard files are skipped
+    assert sorted(row["run"] for row in rows) == sorted(RUNS)
 
 
 def test_run_folder_without_results_is_named(tiny_runs, tmp_path):

@@ -228,10 +228,16 @@ def test_verify_weights_refuses_a_damaged_file_by_name(lora_reference, tmp_path,
         weights.write_bytes(bytes(data))
     with pytest.raises(HftuneError, match=r"adapter_model\.safetensors does not match its sha256"):
         verify_weights(out)
+    # Every loader of a saved run checks first: the Python API, `hftune evaluate`, and `hftune publish`.
+    from hftune.evaluation import load_saved_classifier
+    from hftune.hub import publish_run
     from hftune.models import load_adapter_classifier
 
+    for load in (load_adapter_classifier, lambda run: load_saved_classifier(run, results(run))):
+        with pytest.raises(HftuneError, match=r"adapter_model\.safetensors does not match its sha256"):
+            load(out)
     with pytest.raises(HftuneError, match=r"adapter_model\.safetensors does not match its sha256"):
-        load_adapter_classifier(out)
+        publish_run(out, "org/damaged-run")
 
 
 def test_a_truncated_file_without_a_manifest_is_still_refused(lora_reference, tmp_path):

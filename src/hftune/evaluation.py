@@ -238,6 +238,8 @@ def load_classification_eval_data(
     values = split[label_column]
     if isinstance(feature, datasets.ClassLabel):
         values = [feature.int2str(v) for v in values]
+    if not values:
+        raise HftuneError(f"{source} has no rows to score; pass a non-empty split or file")
     labels = _map_labels(values, label_names, source)
     texts = [str(t) for t in split[text_column]]
     if args.max_eval_samples is not None and args.max_eval_samples < len(texts):
@@ -256,7 +258,7 @@ def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
     import torch
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes or device == "mps":
+    if precision not in dtypes:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device, dtype=dtypes[precision])
 

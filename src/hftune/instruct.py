@@ -669,7 +669,7 @@ def run_instruction_tuning(
         "split_sizes": {name: len(split) for name, split in splits.items()},
         "metrics": metrics,
         "validation_loss": validation_loss,
-        "generation_ms_per_sentence": round(generations.ms_per_sentence, 2),
+        "generation_latency_ms": round(generations.ms_per_sentence, 2),
         "generation_sentences_per_second": round(generations.sentences_per_second, 2),
         "trainable_params": trainable,
         "total_params": total,

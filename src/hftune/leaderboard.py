@@ -233,11 +233,15 @@ def _download_card(repo_id: str) -> tuple[Path, dict[str, Any] | None]:
 
 
 def collect_rows(sources: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows for run folders (results.json) and Hub repo ids (model-index), in the order given."""
+    """Rows for run folders (results.json), folders of runs, and Hub repo ids (model-index), in the order given."""
     rows: list[dict[str, Any]] = []
     for source in sources:
         path = Path(source).expanduser()
-        if path.is_dir():
+        runs_inside = sorted(p.parent for p in path.glob(f"*/{RESULTS_FILE}")) if path.is_dir() else []
+        if path.is_dir() and not (path / RESULTS_FILE).is_file() and runs_inside:
+            # A `--run` ROOT (or any folder of runs) stands for the runs in it.
+            rows += collect_rows([str(run) for run in runs_inside])
+        elif path.is_dir():
             if not (path / RESULTS_FILE).is_file():
                 raise HftuneError(
                     f"run folder {source} has no {RESULTS_FILE}: it is not a finished hftune run; "
@@ -311,7 +315,13 @@ def plot_leaderboard(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], 
     """
     panels = []
     for metric in metrics:
-        points = [r for r in rows if r.get(metric) is not None and (r.get("trainable_pct") or 0) > 0]
+        points, seen = [], set()
+        for row in rows:
+            spot = (row.get("run"), row.get("trainable_pct"), row.get(metric))
+            # An evaluation that scored exactly like the run's own result would only overprint it.
+            if row.get(metric) is not None and (row.get("trainable_pct") or 0) > 0 and spot not in seen:
+                seen.add(spot)
+                points.append(row)
         if points:
             panels.append((metric, points))
     if not panels:
@@ -542,7 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare runs side by side (markdown, JSON, PNG). With --run, first train every method. "
         "Arguments after `--` go to every recipe unchanged.",
     )
-    parser.add_argument("runs", nargs="*", help="run folders (with results.json) or Hub repo ids ORG/NAME")
+    parser.add_argument(
+        "runs", nargs="*", help="run folders (with results.json), folders of runs, or Hub repo ids ORG/NAME"
+    )
     parser.add_argument(
         "--sort", help="column to sort by, key or header (default: the first --metric present)"
     )

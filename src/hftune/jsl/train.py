@@ -72,6 +72,12 @@ class JslArguments:
         default=None,
         metadata={"help": "Train on at most this many pairs (a seeded random subset): quick trials."},
     )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Score at most this many validation and test pairs (the first ones): quick trials."
+        },
+    )
     # Model size
     d_model: int = field(default=128, metadata={"help": "Width of embeddings and hidden states."})
     num_heads: int = field(default=4, metadata={"help": "Attention heads (must divide d_model)."})
@@ -167,11 +173,19 @@ def load_training_pairs(args: JslArguments, seed: int):
         name = Path(args.train_file).stem
         if not args.test_file:
             log("no --test_file: the final scores are on the validation split")
+    for flag, value in (
+        ("--max_train_samples", args.max_train_samples),
+        ("--max_eval_samples", args.max_eval_samples),
+    ):
+        if value is not None and value < 1:
+            raise HftuneError(f"{flag} {value} must be at least 1")
     if args.max_train_samples is not None:
-        if args.max_train_samples < 1:
-            raise HftuneError(f"--max_train_samples {args.max_train_samples} must be at least 1")
         train = splits["train"].shuffle(seed=seed)
         splits["train"] = train.select(range(min(args.max_train_samples, len(train))))
+    if args.max_eval_samples is not None:
+        for name in splits:
+            if name != "train":
+                splits[name] = splits[name].select(range(min(args.max_eval_samples, len(splits[name]))))
     return splits, name, final_split
 
 
@@ -308,6 +322,13 @@ def normalised_references(split) -> list[str]:
 
 class JslSeq2SeqTrainer(AtomicCheckpointTrainer, Seq2SeqTrainer):
     """Seq2SeqTrainer (evaluation by generation) with hftune's atomic checkpoints."""
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # lm_head.weight is the embedding Parameter itself (tied), so checkpoints never hold it on its own:
+        # "missing keys: ['lm_head.weight']" when the best checkpoint is loaded is not a problem.
+        tied = set(self.model._tied_weights_keys or {})
+        load_result.missing_keys[:] = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result)
 
 
 # --- reports ----------------------------------------------------------------------------------------------

@@ -157,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def translate_command(argv: list[str]) -> int:
     """`hftune translate`: see the module docstring."""
+    from transformers.utils import logging as transformers_logging
+
     from hftune.hardware import resolve_device
     from hftune.jsl.artifacts import load_jsl_model
 
@@ -176,6 +178,7 @@ def translate_command(argv: list[str]) -> int:
         texts = _read_lines(path.read_bytes(), f"--input_file {path}")
     else:
         texts = _read_lines(sys.stdin.buffer.read(), "stdin")
+    transformers_logging.disable_progress_bar()  # stderr carries warnings and errors only
     model, tokenizer = load_jsl_model(args.model, device=resolve_device(args.device))
     glosses = translate(
         texts, model, tokenizer, num_beams=args.num_beams, batch_size=args.batch_size,

@@ -1,0 +1,224 @@
+"""Training memory per method, and the memory estimator against measurement (issue 9, 5; issue 7 target).
+
+    python benchmarks/bench_memory.py           # full run, ~5-8 min on 2 cores
+    python benchmarks/bench_memory.py --quick   # smoke run, ~30 s, figures meaningless
+
+Part A, peak memory per method at equal batch (`--batch_size` x `--seq_len`, fp32, AdamW) on MiniLM, each
+method in its own process so that peak RSS (ru_maxrss) belongs to that method alone: peak RSS, its growth
+over the process after imports, and tensor accounting (weights + gradients + AdamW state after real steps
++ the bytes autograd saved for backward in one step). Methods are applied with hftune.methods as the recipes
+apply them: full; freeze = embeddings + lower 3 of 6 layers; LoRA = the recipe defaults (r 8, all linear
+layers, head trained); BitFit = every bias + head. Issue 8 target: LoRA and BitFit <= 0.7x full.
+
+Part B, `hftune.memory.estimate_training_memory` (weights + gradients + optimizer + activations) against the
+same tensor accounting at three batch sizes, per method (issue 7 target: within 15%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import common
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from hftune.config import FreezeArguments, LoraArguments
+from hftune.errors import HftuneError, exit_on_user_error
+from hftune.memory import estimate_training_memory, measure_activation_profile, saved_activation_bytes
+from hftune.methods import apply_bitfit, apply_freeze, apply_full, apply_lora
+from hftune.models import embedded_encoder_path
+
+METHODS = ("full", "freeze", "lora", "bitfit")
+MIB = 2**20
+NUM_LABELS = 6  # emotion
+
+
+def prepared_model(model_path: str, method: str, seed: int):
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=NUM_LABELS)
+    if method == "freeze":
+        return apply_freeze(model, FreezeArguments(freeze_embeddings=True, freeze_layers=3))
+    if method == "lora":
+        return apply_lora(model, LoraArguments())
+    return apply_bitfit(model) if method == "bitfit" else apply_full(model)
+
+
+def random_batch(vocab_size: int, batch: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab_size, (batch, seq), generator=generator)
+    labels = torch.randint(0, NUM_LABELS, (batch,), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def tensor_accounting(model, batch: int, seq: int, precision: str, steps: int, seed: int) -> dict[str, float]:
+    """Bytes of weights, gradients and AdamW state after `steps` real steps, plus saved activations."""
+    bf16 = precision == "bf16"
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-5)
+    model.train()
+    inputs = random_batch(model.config.vocab_size, batch, seq, seed)
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+    parts = {
+        "weights": sum(p.numel() * p.element_size() for p in params),
+        "gradients": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
+        "optimizer": sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()),
+    }
+    optimizer.zero_grad(set_to_none=True)
+    parts["activations"] = saved_activation_bytes(model, batch, seq, precision)
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def worker(args) -> int:
+    """One method in this process: print {peak RSS, RSS growth, tensor accounting} as one JSON line."""
+    common.setup(args.threads, args.seed)
+    before = peak_rss_mb()
+    model = prepared_model(args.model or embedded_encoder_path(), args.worker, args.seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    parts = tensor_accounting(model, args.batch_size, args.seq_len, args.precision, args.steps, args.seed)
+    peak = peak_rss_mb()
+    print(json.dumps({"method": args.worker, "rss_before_mb": before, "peak_rss_mb": peak,
+                      "rss_growth_mb": peak - before, "trainable_params": trainable,
+                      "tensors": parts}))  # fmt: skip
+    return 0
+
+
+def run_worker(method: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", method, "--batch_size", str(args.batch_size),
+           "--seq_len", str(args.seq_len), "--steps", str(args.steps), "--precision", args.precision,
+           "--seed", str(args.seed)]  # fmt: skip
+    if args.model:
+        cmd += ["--model", args.model]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise HftuneError(f"memory worker for {method} failed (exit {done.returncode}): {tail}")
+    return json.loads(lines[-1])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_common_args(parser, default_repeats=1)
+    parser.add_argument(
+        "--model", default=None, help="encoder folder or Hub id (default: the embedded MiniLM)"
+    )
+    parser.add_argument("--batch_size", type=int, default=32, help="the equal batch of part A")
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--estimator_batches", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--steps", type=int, default=3, help="training steps before accounting (part A)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch_size, args.seq_len, args.estimator_batches, args.steps = 2, 32, [1, 2, 4], 1
+    return args
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    threads = common.setup(args.threads, args.seed)
+    model_path = args.model or embedded_encoder_path()
+
+    per_method = []
+    for method in args.methods:
+        per_method.append(run_worker(method, args))
+        print(f"{method}: peak RSS {per_method[-1]['peak_rss_mb']:.0f} MB", flush=True)
+
+    estimates = []
+    for method in args.methods:
+        model = prepared_model(model_path, method, args.seed)
+        profile = measure_activation_profile(model, args.precision)
+        for batch in args.estimator_batches:
+            estimate = estimate_training_memory(
+                model,
+                batch_size=batch,
+                seq_len=args.seq_len,
+                precision=args.precision,
+                activation_profile=profile,
+            )
+            measured = tensor_accounting(model, batch, args.seq_len, args.precision, 1, args.seed)
+            error = (estimate.tensors_bytes - measured["total"]) / measured["total"]
+            estimates.append({"method": method, "batch_size": batch, "estimate_bytes": estimate.tensors_bytes,
+                              "measured_bytes": measured["total"], "relative_error": error,
+                              "estimate_parts": {"weights": estimate.weights_bytes,
+                                                 "gradients": estimate.gradients_bytes,
+                                                 "optimizer": estimate.optimizer_bytes,
+                                                 "activations": estimate.activations_bytes},
+                              "measured_parts": measured})  # fmt: skip
+            print(f"estimate {method} batch {batch}: {error:+.1%}", flush=True)
+        del model
+
+    full = next((r for r in per_method if r["method"] == "full"), None)
+    rows_a = []
+    for r in per_method:
+        t = r["tensors"]
+        ratio = r["tensors"]["total"] / full["tensors"]["total"] if full else float("nan")
+        rss_ratio = r["rss_growth_mb"] / full["rss_growth_mb"] if full else float("nan")
+        rows_a.append([r["method"], f"{r['trainable_params']:,}", t["weights"] / MIB, t["gradients"] / MIB,
+                       t["optimizer"] / MIB, t["activations"] / MIB, t["total"] / MIB, f"{ratio:.2f}x",
+                       r["peak_rss_mb"], r["rss_growth_mb"], f"{rss_ratio:.2f}x"])  # fmt: skip
+    rows_b = [[e["method"], e["batch_size"], e["estimate_bytes"] / MIB, e["measured_bytes"] / MIB,
+               f"{e['relative_error']:+.1%}", "yes" if abs(e["relative_error"]) <= 0.15 else "NO"]
+              for e in estimates]  # fmt: skip
+    markdown = (
+        f"MiniLM, {args.precision}, AdamW, batch {args.batch_size} x seq {args.seq_len}, {threads} threads; "
+        "MB = MiB. Tensor accounting = weights + gradients + AdamW state + saved activations; RSS growth = "
+        "peak RSS minus RSS after imports, one process per method.\n\n"
+        + common.markdown_table(
+            [
+                "method",
+                "trainable",
+                "weights MB",
+                "grads MB",
+                "AdamW MB",
+                "activations MB",
+                "tensors MB",
+                "vs full",
+                "peak RSS MB",
+                "RSS growth MB",
+                "vs full",
+            ],
+            rows_a,
+        )  # fmt: skip
+        + f"\n\nEstimator (`hftune.memory.estimate_training_memory`) vs tensor accounting, seq {args.seq_len} "
+        "(issue 7 target: within 15%):\n\n"
+        + common.markdown_table(
+            ["method", "batch", "estimate MB", "measured MB", "error", "within 15%"], rows_b
+        )
+    )
+    common.write_report(
+        "memory", args.output_dir, markdown, {"per_method": per_method, "estimator": estimates}, args.quick
+    )
+    common.bar_chart(
+        args.output_dir / "memory.png",
+        [r["method"] for r in per_method],
+        [r["tensors"]["total"] / MIB for r in per_method],
+        "training tensors (MiB)",
+        f"Peak training tensors, batch {args.batch_size} x {args.seq_len}",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

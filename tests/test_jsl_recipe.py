@@ -1,0 +1,255 @@
+"""recipes/jsl_seq2seq.py end to end on the real corpus: training lowers the loss, the saved folder is complete,
+the exports are written, users' own files train, and bad flags fail before anything is written."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from hftune.cards import read_model_index
+from hftune.jsl.artifacts import MANIFEST_NAME, file_sha256, load_jsl_model
+from hftune.jsl.corpus import load_jsl_corpus
+from hftune.jsl.train import gloss_tokens
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--d_model",
+    "32",
+    "--num_heads",
+    "4",
+    "--encoder_layers",
+    "1",
+    "--decoder_layers",
+    "1",
+    "--d_ff",
+    "64",
+]
+LONG_INPUT = "きのうわたしはともだちとがっこうのとしょかんでほんをよみました"
+WEIGHT_NAME = "decoder.layers.0.cross_attn.k_proj.weight"
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location(
+        "jsl_seq2seq_recipe", REPO_ROOT / "recipes" / "jsl_seq2seq.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def one_cpu_thread():
+    """The recipe gives torch every core; on the shared 2-core machine one thread is faster for tiny models."""
+    previous_env, previous_threads = os.environ.get("HFTUNE_CPU_THREADS"), torch.get_num_threads()
+    os.environ["HFTUNE_CPU_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+        if previous_env is None:
+            os.environ.pop("HFTUNE_CPU_THREADS", None)
+        else:
+            os.environ["HFTUNE_CPU_THREADS"] = previous_env
+
+
+def run_recipe(argv: list[str]) -> str:
+    """Run the recipe in this process; returns what it wrote to stderr."""
+    stderr = io.StringIO()
+    with one_cpu_thread(), contextlib.redirect_stderr(stderr):
+        load_recipe().main(argv)
+    return stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("jsl") / "run"
+    stderr = run_recipe(
+        [
+            "--output_dir", str(out), *TINY,
+            "--max_train_samples", "160", "--max_eval_samples", "64", "--num_train_epochs", "6", "--dropout", "0",
+            "--learning_rate", "1e-2", "--per_device_train_batch_size", "16", "--logging_steps", "5",
+            "--metric_for_best_model", "gloss_wer",
+            "--export_attentions", "--attention_inputs", "ありがとう", LONG_INPUT, "わたしはたべます",
+            "--attention_max_length", "20", "--export_weights", WEIGHT_NAME,
+        ]
+    )  # fmt: skip
+    return out, stderr
+
+
+def test_training_lowers_the_loss_and_produces_glosses(run):
+    out, _ = run
+    curve = json.loads((out / "metrics.json").read_text())["training_curve"]
+    losses = [entry["loss"] for entry in curve if "loss" in entry]
+    evals = [entry for entry in curve if "eval_exact_match" in entry]
+    assert len(losses) >= 4 and losses[-1] < 0.7 * losses[0]
+    assert [entry["epoch"] for entry in evals] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    rows = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 64
+    model, tokenizer = load_jsl_model(out)
+    allowed = set(gloss_tokens(tokenizer))
+    assert all(row["prediction"] for row in rows)
+    assert all(set(row["prediction"].split()) <= allowed for row in rows)
+    assert rows[0]["ja"] == load_jsl_corpus("test")[0]["ja"]
+
+
+def test_saved_folder_is_complete(run):
+    out, _ = run
+    names = {path.name for path in out.iterdir()}
+    expected = {
+        "model.safetensors", "config.json", "generation_config.json", "tokenizer_config.json", "vocab.json",
+        "configuration_jsl.py", "modeling_jsl.py", "tokenization_jsl.py", MANIFEST_NAME, "metrics.json",
+        "results.json", "README.md", "training_curves.png", "test_predictions.jsonl", "attentions", "weights",
+    }  # fmt: skip
+    assert expected <= names
+    assert not [name for name in names if name.startswith(".") and name != ".hftune.lock"]
+    assert ".hftune.lock" not in names  # released at the end
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest == {"model.safetensors": file_sha256(out / "model.safetensors")}
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_jsl.JslSeq2SeqForConditionalGeneration"
+    metadata = config["training_metadata"]
+    for key in (
+        "package",
+        "torch_version",
+        "transformers_version",
+        "seed",
+        "git_commit",
+        "saved_at",
+        "dataset",
+    ):
+        assert key in metadata
+    assert metadata["seed"] == 42 and metadata["package"] == "hftune"
+    assert config["d_model"] == 64 and config["max_source_length"] == 48 and config["max_target_length"] == 16
+    model, tokenizer = load_jsl_model(out)
+    assert model.lm_head.weight is model.encoder.embed_tokens.weight
+    assert config["vocab_hash"] == tokenizer.vocab_hash()
+    assert tokenizer.model_max_length == 48
+
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["max_new_tokens"] == 16 and "max_length" not in generation
+    assert set(generation["suppress_tokens"]).isdisjoint(
+        tokenizer.convert_tokens_to_ids(gloss_tokens(tokenizer))
+    )
+    assert tokenizer.eos_token_id not in generation["suppress_tokens"]
+
+    statistics = json.loads((out / "metrics.json").read_text())["parameter_statistics"]
+    assert set(statistics) == {name for name, _ in model.named_parameters()}
+    embedding = model.encoder.embed_tokens.weight
+    assert statistics["encoder.embed_tokens.weight"]["max"] == pytest.approx(embedding.max().item())
+    assert statistics["encoder.embed_tokens.weight"]["std"] == pytest.approx(embedding.std().item(), rel=1e-5)
+
+    results = json.loads((out / "results.json").read_text())
+    assert (results["task"], results["method"], results["artifact"]) == (
+        "jsl-seq2seq",
+        "scratch",
+        "remote-code",
+    )
+    assert results["eval_split"] == "test" and results["dataset"] == "jsl-gloss-corpus"
+    assert set(results["metrics"]) == {"gloss_wer", "bleu", "chrf", "exact_match"}
+    assert results["split_sizes"] == {"train": 160, "validation": 64, "test": 64}
+    # Lower WER is better: the kept checkpoint is the epoch with the lowest validation WER.
+    curve = json.loads((out / "metrics.json").read_text())["training_curve"]
+    best = min(entry["eval_gloss_wer"] for entry in curve if "eval_gloss_wer" in entry)
+    assert results["best_checkpoint_metric"] == pytest.approx(best)
+    assert results["validation_metrics"]["gloss_wer"] == pytest.approx(best)
+    assert results["generation_speed"]["batched_greedy_sentences_per_second"] > 0
+    assert results["total_params"] == sum(p.numel() for p in model.parameters())
+
+    index = {row["metric_type"]: row for row in read_model_index(out / "README.md")}
+    assert {"gloss_wer", "exact_match", "bleu", "chrf"} <= set(index)
+    assert index["gloss_wer"]["metric_value"] == pytest.approx(results["metrics"]["gloss_wer"])
+    assert index["exact_match"]["dataset_split"] == "test"
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "trust_remote_code=True" in card and "training_curves.png" in card and "name: run" in card
+
+
+def test_attention_and_weight_exports(run):
+    out, stderr = run
+    attentions = out / "attentions"
+    csvs = sorted(attentions.glob("*.csv"))
+    # 2 examples (the long one is skipped) x (1 encoder + 1 decoder + 1 cross layer) x 4 heads
+    assert len(csvs) == 2 * 3 * 4
+    assert len(list(attentions.glob("*.png"))) == 2 * 3
+    assert "attention export skips" in stderr and "over the limit of 20" in stderr
+    examples = json.loads((attentions / "examples.json").read_text(encoding="utf-8"))
+    assert [example["text"] for example in examples] == ["ありがとう", "わたしはたべます"]
+    with open(attentions / "example0_cross_layer0_head2.csv", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][1:] == ["あ", "り", "が", "と", "う", "</s>"]
+    assert rows[1][0] == "<s>"
+    for row in rows[1:]:
+        assert sum(float(value) for value in row[1:]) == pytest.approx(1.0, abs=1e-4)
+    with open(attentions / "example1_decoder_layer0_head0.csv", encoding="utf-8") as handle:
+        decoder_rows = list(csv.reader(handle))
+    assert float(decoder_rows[1][2]) == 0.0  # causal: the first query sees only itself
+
+    model, _ = load_jsl_model(out)
+    with open(out / "weights" / f"{WEIGHT_NAME}.csv", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    values = torch.tensor([[float(value) for value in row[1:]] for row in rows[1:]])
+    expected = model.state_dict()[WEIGHT_NAME]
+    assert values.shape == expected.shape
+    torch.testing.assert_close(values, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_own_jsonl_and_csv_files(tmp_path):
+    corpus = load_jsl_corpus()
+    train_file = tmp_path / "my_pairs.jsonl"
+    train_file.write_text(
+        "".join(json.dumps({"ja": r["ja"], "gloss": r["gloss"]}, ensure_ascii=False) + "\n" for r in corpus["train"].select(range(96))),
+        encoding="utf-8",
+    )  # fmt: skip
+    validation_file = tmp_path / "my_validation.csv"
+    with open(validation_file, "w", newline="", encoding="utf-8-sig") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ja", "gloss"])
+        writer.writerows([r["ja"], r["gloss"]] for r in corpus["validation"].select(range(16)))
+    out = tmp_path / "own"
+    run_recipe(
+        [
+            "--output_dir", str(out), *TINY, "--train_file", str(train_file), "--validation_file",
+            str(validation_file), "--num_train_epochs", "1", "--per_device_train_batch_size", "32",
+        ]
+    )  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"] == "my_pairs" and results["eval_split"] == "validation"
+    assert results["split_sizes"] == {"train": 96, "validation": 16}
+    _, tokenizer = load_jsl_model(out)
+    train_glosses = {g for r in corpus["train"].select(range(96)) for g in r["gloss"].split()}
+    assert set(gloss_tokens(tokenizer)) == train_glosses
+    assert (out / "validation_predictions.jsonl").is_file()
+
+
+def recipe_error(argv: list[str], capsys) -> str:
+    with one_cpu_thread(), pytest.raises(SystemExit) as exit_info:
+        load_recipe().main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ")
+    return err
+
+
+def test_bad_flags_fail_before_writing_anything(tmp_path, capsys):
+    out = tmp_path / "never"
+    err = recipe_error(
+        ["--output_dir", str(out), *TINY, "--export_weights", "decoder.layers.0.cross_attn.k_proj"], capsys
+    )
+    assert "'decoder.layers.0.cross_attn.k_proj' is not a parameter" in err
+    assert "decoder.layers.0.cross_attn.k_proj.weight" in err  # the close names are listed
+    err = recipe_error(["--output_dir", str(out), "--test_file", str(tmp_path / "t.csv")], capsys)
+    assert "need --train_file too" in err
+    err = recipe_error(["--output_dir", str(out), "--d_model", "30", "--num_heads", "4"], capsys)
+    assert "d_model=30 is not divisible by num_heads=4" in err
+    err = recipe_error(["--output_dir", str(out), "--train_file", str(tmp_path / "missing.csv")], capsys)
+    assert "missing.csv does not exist" in err
+    assert not out.exists()
