@@ -1,6 +1,9 @@
 """Instruction tuning: templates, response-only labels, truncation, packing, LoRA/QLoRA training, reload, CLI.
 
-Uses the real SmolLM2-135M-Instruct (converted once into the hftune cache: ~30 s the first time).
+The real SmolLM2 tokenizer everywhere (prompt rendering and masking depend on it). Mechanics that any causal
+LM shows (packing masks, padded generation, gradients, QLoRA, the recipe's plumbing) use a tiny random Llama
+with that tokenizer; one fixture trains LoRA on the real SmolLM2-135M-Instruct weights (converted once into
+the hftune cache: ~30 s the first time).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from hftune.instruct import (
     build_example,
     clean_response,
     encode_records,
+    generate_command,
     generate_responses,
     jsl_records,
     load_causal_lm,
@@ -49,7 +53,7 @@ PAIRS = [
     ("母は本を読みました", "<母> <本> <読む> <終わる>"),
     ("あなたの名前は何ですか", "<あなた> <名前> <何>"),
 ]
-SHORT = 48  # tokens: keeps training tests fast; prompts are left-truncated, responses kept whole
+SHORT = 32  # tokens: keeps training tests fast; prompts are left-truncated, responses kept whole
 RECORDS = jsl_records([{"ja": ja, "gloss": gloss} for ja, gloss in PAIRS])
 
 
@@ -61,11 +65,41 @@ def smollm_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def base(smollm_path):
-    """(model, tokenizer), loaded once; tests that change weights work on a deepcopy."""
+def tokenizer(smollm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm_path)
+
+
+@pytest.fixture(scope="session")
+def tiny(tokenizer):
+    """A 2-layer random Llama over the real SmolLM2 vocabulary (tied embeddings, like SmolLM2)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
-    model, tokenizer = load_causal_lm(smollm_path)
-    return model.eval(), tokenizer
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny, tokenizer, tmp_path_factory) -> Path:
+    """The tiny model saved as a normal HF folder: what `--model_name_or_path` and QLoRA loading read."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def _lora(model, **overrides):
@@ -79,6 +113,20 @@ def _batch(tokenizer, records, prompt_format="alpaca", max_seq_length=256):
     return InstructionCollator(tokenizer.pad_token_id)(examples)
 
 
+def _train_steps(model, batch, steps, lr=1e-3):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
 # --- templates and masking -------------------------------------------------------------------------
 
 
@@ -90,8 +138,7 @@ def test_alpaca_template_is_the_issue_template():
     assert render_alpaca_prompt("Say hi", "  ") == "### Instruction:\nSay hi\n\n### Response:\n"
 
 
-def test_chat_format_uses_the_tokenizer_template(base):
-    _, tokenizer = base
+def test_chat_format_uses_the_tokenizer_template(tokenizer):
     record = {"instruction": "Translate", "input": "ありがとう", "output": "<ありがとう>"}
     user = [{"role": "user", "content": "Translate\n\nありがとう"}]
     expected_prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
@@ -106,8 +153,7 @@ def test_chat_format_uses_the_tokenizer_template(base):
 
 
 @pytest.mark.parametrize("prompt_format", ["alpaca", "chat"])
-def test_labels_mask_every_prompt_token(base, prompt_format):
-    _, tokenizer = base
+def test_labels_mask_every_prompt_token(tokenizer, prompt_format):
     record = RECORDS[0]
     prompt = prompt_ids(record, tokenizer, prompt_format)
     response = response_ids(record, tokenizer, prompt_format)
@@ -126,8 +172,7 @@ def test_labels_mask_every_prompt_token(base, prompt_format):
     assert record["input"] in tokenizer.decode(prompt)
 
 
-def test_messages_record_with_alpaca_format_and_multi_turn_refusal(base):
-    _, tokenizer = base
+def test_messages_record_with_alpaca_format_and_multi_turn_refusal(tokenizer):
     single = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
     assert tokenizer.decode(prompt_ids(single, tokenizer, "alpaca")) == render_alpaca_prompt("Hi")
     multi = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
@@ -138,8 +183,7 @@ def test_messages_record_with_alpaca_format_and_multi_turn_refusal(base):
         response_ids({"messages": multi["messages"][:-1]}, tokenizer, "chat")
 
 
-def test_overlong_examples_lose_prompt_tokens_from_the_left_and_are_counted(base):
-    _, tokenizer = base
+def test_overlong_examples_lose_prompt_tokens_from_the_left_and_are_counted(tokenizer):
     record = RECORDS[0]
     prompt = prompt_ids(record, tokenizer, "alpaca")
     response = response_ids(record, tokenizer, "alpaca")
@@ -162,8 +206,7 @@ def test_overlong_examples_lose_prompt_tokens_from_the_left_and_are_counted(base
     assert "1 were dropped" in report.summary("train", limit)
 
 
-def test_collator_pads_labels_with_ignore_index(base):
-    _, tokenizer = base
+def test_collator_pads_labels_with_ignore_index(tokenizer):
     examples, _ = encode_records(RECORDS[:3], tokenizer, "alpaca", 256)
     batch = InstructionCollator(tokenizer.pad_token_id)(examples)
     for row, example in enumerate(examples):
@@ -174,8 +217,7 @@ def test_collator_pads_labels_with_ignore_index(base):
 
 
 @torch.no_grad()
-def test_packed_examples_do_not_attend_to_each_other(base):
-    model, tokenizer = base
+def test_packed_examples_do_not_attend_to_each_other(tiny, tokenizer):
     examples, _ = encode_records(RECORDS[:3], tokenizer, "alpaca", 256)
     rows = pack_examples(examples, max_seq_length=2 * max(len(e["input_ids"]) for e in examples))
     assert len(rows) < len(examples)
@@ -186,9 +228,9 @@ def test_packed_examples_do_not_attend_to_each_other(base):
 
     batch = InstructionCollator(tokenizer.pad_token_id)([first])
     assert "attention_mask" not in batch
-    packed_logits = model(**batch, use_cache=False).logits[0]
+    packed_logits = tiny(**batch, use_cache=False).logits[0]
     second = torch.tensor([examples[1]["input_ids"]])
-    alone = model(input_ids=second).logits[0]
+    alone = tiny(input_ids=second).logits[0]
     start = lengths[0]
     torch.testing.assert_close(packed_logits[start : start + lengths[1]], alone, atol=1e-4, rtol=1e-4)
 
@@ -215,16 +257,21 @@ def test_local_files_and_bad_columns(tmp_path):
         load_instruction_splits(InstructionDataArguments(train_file=str(bad)))
 
 
-def test_embedded_jsl_data_keeps_the_corpus_splits():
-    from hftune.jsl.corpus import CORPUS_DIR
+def test_embedded_jsl_data_keeps_the_corpus_splits_and_caps_them():
+    everything, source = load_instruction_splits(InstructionDataArguments(max_eval_samples=5))
+    assert source == "hftune-jsl-corpus" and set(everything) == {"train", "validation", "test"}
+    assert len(everything["test"]) == len(everything["validation"]) == 5
+    assert len(everything["train"]) > 1000  # None: no cap
+    assert everything["train"][0]["instruction"] == JSL_INSTRUCTION
+    assert everything["train"][0]["output"].startswith("<")
 
-    if not (CORPUS_DIR / "test.jsonl").is_file():
-        pytest.skip("the shipped JSL corpus files are not written yet")
-    splits, source = load_instruction_splits(InstructionDataArguments(max_eval_samples=5))
-    assert source == "hftune-jsl-corpus" and set(splits) == {"train", "validation", "test"}
-    assert len(splits["test"]) == 5 and len(splits["train"]) > 1000
-    assert splits["train"][0]["instruction"] == JSL_INSTRUCTION
-    assert splits["train"][0]["output"].startswith("<")
+    capped, _ = load_instruction_splits(InstructionDataArguments(max_train_samples=7, max_eval_samples=-1))
+    assert len(capped["train"]) == 7
+    assert len(capped["test"]) > 5  # -1: every held-out example
+    all_train, _ = load_instruction_splits(InstructionDataArguments(max_train_samples=-1))
+    assert len(all_train["train"]) == len(everything["train"])
+    with pytest.raises(HftuneError, match="--max_train_samples 0"):
+        load_instruction_splits(InstructionDataArguments(max_train_samples=0))
 
 
 def test_clean_response_keeps_the_first_line():
@@ -232,73 +279,21 @@ def test_clean_response_keeps_the_first_line():
     assert clean_response("\n\n") == ""
 
 
-# --- training --------------------------------------------------------------------------------------
+# --- training mechanics on the tiny model ----------------------------------------------------------
 
 
-def _train_steps(model, batch, steps, lr=1e-3):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    model.eval()
-    return losses
-
-
-@pytest.fixture(scope="module")
-def trained_lora(base):
-    model, tokenizer = base
-    torch.manual_seed(0)
-    lora = _lora(copy.deepcopy(model))
-    batch = _batch(tokenizer, RECORDS[:4], max_seq_length=SHORT)
-    with torch.no_grad():
-        before = lora(**batch).loss.item()
-    _train_steps(lora, batch, steps=4, lr=2e-3)
-    with torch.no_grad():
-        after = lora(**batch).loss.item()
-    return lora, tokenizer, before, after
-
-
-def test_lora_steps_lower_the_loss_on_a_fixed_batch(trained_lora):
-    lora, _, before, after = trained_lora
-    assert after < 0.9 * before, (before, after)
-    assert all(not p.requires_grad for n, p in lora.named_parameters() if "lora_" not in n)
-
-
-def test_saved_adapter_reloads_and_generates_the_same_tokens(trained_lora, tmp_path):
-    lora, tokenizer, _, _ = trained_lora
-    lora.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    assert (tmp_path / "adapter_model.safetensors").is_file()
-    assert not list(tmp_path.glob("*.bin"))
-    reloaded, reloaded_tokenizer, _ = load_instruction_model(tmp_path)
-    records = RECORDS[:3]
-    before = generate_responses(lora, tokenizer, records, max_new_tokens=6, batch_size=2)
-    after = generate_responses(reloaded, reloaded_tokenizer, records, max_new_tokens=6, batch_size=2)
-    assert before.texts == after.texts
-    assert any(text for text in before.texts)
-    assert before.ms_per_sentence > 0
-
-
-def test_batched_left_padded_generation_matches_one_by_one(base):
-    model, tokenizer = base
-    records = [
-        RECORDS[3],
-        {"instruction": "Say hi", "input": "", "output": ""},
-    ]  # prompts of different lengths
-    batched = generate_responses(model, tokenizer, records, max_new_tokens=6, batch_size=2)
-    single = generate_responses(model, tokenizer, records, max_new_tokens=6, batch_size=1)
+def test_batched_left_padded_generation_matches_one_by_one(tiny, tokenizer):
+    records = [RECORDS[3], {"instruction": "Say hi", "input": "", "output": ""}]  # different lengths
+    batched = generate_responses(tiny, tokenizer, records, max_new_tokens=6, batch_size=2)
+    single = generate_responses(tiny, tokenizer, records, max_new_tokens=6, batch_size=1)
     assert batched.texts == single.texts
+    assert batched.ms_per_sentence > 0 and batched.sentences_per_second > 0
 
 
-def test_gradient_checkpointing_with_lora_gives_nonzero_grads(base):
-    model, tokenizer = base
-    lora = _lora(copy.deepcopy(model))
-    lora.activation_checkpointing_enable()  # what Trainer calls for --gradient_checkpointing
+def test_gradient_checkpointing_with_lora_gives_nonzero_grads(tiny, tokenizer):
+    lora = _lora(copy.deepcopy(tiny))
+    # What Trainer calls for --gradient_checkpointing, with the kwargs prepare_training_args sets.
+    lora.activation_checkpointing_enable({"use_reentrant": False})
     assert lora.base_model.model.model.gradient_checkpointing
     lora.train()
     lora(**_batch(tokenizer, RECORDS[:2], max_seq_length=SHORT)).loss.backward()
@@ -307,28 +302,66 @@ def test_gradient_checkpointing_with_lora_gives_nonzero_grads(base):
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.slow
-def test_qlora_trains_on_cpu(smollm_path, base):
+def test_qlora_trains_on_cpu(tiny_dir, tokenizer):
     from hftune.methods import quantization_config
 
-    _, tokenizer = base
     args = LoraArguments(lora_r=8, lora_alpha=16, lora_dropout=0.0,
                          lora_target_modules=["q_proj", "v_proj"], load_in_4bit=True)  # fmt: skip
     model, _ = load_causal_lm(
-        smollm_path, quantization_config=quantization_config(args, model_type_head=["lm_head"])
+        str(tiny_dir), quantization_config=quantization_config(args, model_type_head=["lm_head"])
     )
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.uint8  # packed NF4
     qlora = apply_lora(model, args, task_type="CAUSAL_LM")
-    losses = _train_steps(qlora, _batch(tokenizer, RECORDS[:2], max_seq_length=SHORT), steps=2)
+    batch = _batch(tokenizer, RECORDS[:2], max_seq_length=SHORT)
+    losses = _train_steps(qlora, batch, steps=3, lr=1e-2)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert any(p.abs().sum() > 0 for n, p in qlora.named_parameters() if "lora_B" in n)  # an update happened
+    assert losses[-1] < losses[0]
+
+
+# --- the real SmolLM2 weights: LoRA learns, the adapter reloads --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_lora(smollm_path, tokenizer):
+    model, _ = load_causal_lm(smollm_path)
+    torch.manual_seed(0)
+    lora = _lora(model)
+    batch = _batch(tokenizer, RECORDS[:2], max_seq_length=SHORT)
+    with torch.no_grad():
+        lora.eval()
+        before = lora(**batch).loss.item()
+    _train_steps(lora, batch, steps=3, lr=2e-3)
+    with torch.no_grad():
+        after = lora(**batch).loss.item()
+    return lora, before, after
+
+
+def test_lora_steps_lower_the_loss_on_a_fixed_batch(trained_lora):
+    lora, before, after = trained_lora
+    assert after < 0.9 * before, (before, after)
+    assert all(not p.requires_grad for n, p in lora.named_parameters() if "lora_" not in n)
+
+
+def test_saved_adapter_reloads_and_generates_the_same_tokens(trained_lora, tokenizer, tmp_path):
+    lora, _, _ = trained_lora
+    lora.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    assert not list(tmp_path.glob("*.bin"))
+    reloaded, reloaded_tokenizer, _ = load_instruction_model(tmp_path)
+    records = RECORDS[:2]
+    before = generate_responses(lora, tokenizer, records, max_new_tokens=6, batch_size=2)
+    after = generate_responses(reloaded, reloaded_tokenizer, records, max_new_tokens=6, batch_size=2)
+    assert before.texts == after.texts
+    assert any(text for text in before.texts)
 
 
 # --- the recipe and `hftune generate` --------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_recipe_end_to_end_then_generate(tmp_path, smollm_path):
+def test_recipe_end_to_end_then_generate(tmp_path, tiny_dir):
+    """The recipe's plumbing on the tiny model: train, score, save, card, then `hftune generate`."""
     data = tmp_path / "data"
     data.mkdir()
     for name, rows in (("train", RECORDS * 2), ("validation", RECORDS[:2]), ("test", RECORDS[:3])):
@@ -338,11 +371,11 @@ def test_recipe_end_to_end_then_generate(tmp_path, smollm_path):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HFTUNE_CPU_THREADS": "2"}
     cmd = [sys.executable, str(REPO_ROOT / "recipes" / "instruction_tuning.py"),
-           "--model_name_or_path", smollm_path, "--train_file", str(data / "train.jsonl"),
+           "--model_name_or_path", str(tiny_dir), "--train_file", str(data / "train.jsonl"),
            "--validation_file", str(data / "validation.jsonl"), "--test_file", str(data / "test.jsonl"),
            "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4",
-           "--max_new_tokens", "12", "--precision", "fp32", "--packing", "--save_strategy", "no",
-           "--eval_strategy", "no", "--logging_steps", "1"]  # fmt: skip
+           "--max_seq_length", "64", "--max_new_tokens", "8", "--precision", "fp32", "--packing",
+           "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "had their prompt left-truncated" in done.stdout
@@ -353,12 +386,14 @@ def test_recipe_end_to_end_then_generate(tmp_path, smollm_path):
         "adapter",
     )
     assert set(results["metrics"]) == {"gloss_wer", "bleu", "chrf", "exact_match"}
-    assert results["generation_ms_per_sentence"] > 0 and results["eval_split"] == "test"
+    assert results["generation_latency_ms"] > 0 and results["eval_split"] == "test"
     assert results["peak_memory_mb"] > 0 and results["hyperparameters"]["packing"] is True
+    assert results["split_sizes"] == {"train": 16, "validation": 2, "test": 3}
     assert (out / "adapter_model.safetensors").is_file() and (out / "training_curves.png").is_file()
     assert not (out / "training_args.bin").exists()
     assert "model-index" in (out / "README.md").read_text(encoding="utf-8")
-    assert len((out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text("utf-8").splitlines()]
+    assert [p["reference"] for p in predictions] == [r["output"] for r in RECORDS[:3]]
 
     generate = [sys.executable, "-m", "hftune.cli", "generate", "--model", str(out),
                 "--instruction", JSL_INSTRUCTION, "--input", "ありがとう", "--max_new_tokens", "8"]  # fmt: skip
@@ -366,5 +401,5 @@ def test_recipe_end_to_end_then_generate(tmp_path, smollm_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip()
 
-    done = subprocess.run([*generate[:4], str(tmp_path / "nope")], capture_output=True, text=True, env=env)
-    assert done.returncode == 2 and "is not a folder" in done.stderr
+    with pytest.raises(HftuneError, match="is not a folder"):
+        generate_command(["--model", str(tmp_path / "nope")])

@@ -74,9 +74,9 @@ def run(tmp_path_factory) -> tuple[Path, str]:
     stderr = run_recipe(
         [
             "--output_dir", str(out), *TINY,
-            "--max_train_samples", "160", "--max_eval_samples", "64", "--num_train_epochs", "6", "--dropout", "0",
-            "--learning_rate", "1e-2", "--per_device_train_batch_size", "16", "--logging_steps", "5",
-            "--metric_for_best_model", "gloss_wer",
+            "--max_train_samples", "320", "--max_eval_samples", "32", "--num_train_epochs", "20", "--dropout", "0",
+            "--learning_rate", "5e-3", "--per_device_train_batch_size", "16", "--logging_steps", "40",
+            "--metric_for_best_model", "chrf",
             "--export_attentions", "--attention_inputs", "ありがとう", LONG_INPUT, "わたしはたべます",
             "--attention_max_length", "20", "--export_weights", WEIGHT_NAME,
         ]
@@ -89,14 +89,19 @@ def test_training_lowers_the_loss_and_produces_glosses(run):
     curve = json.loads((out / "metrics.json").read_text())["training_curve"]
     losses = [entry["loss"] for entry in curve if "loss" in entry]
     evals = [entry for entry in curve if "eval_exact_match" in entry]
-    assert len(losses) >= 4 and losses[-1] < 0.7 * losses[0]
-    assert [entry["epoch"] for entry in evals] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert len(losses) == 10 and losses[-1] < 0.6 * losses[0]
+    # One evaluation per epoch, then the final one of the kept checkpoint: the best chrF (partial credit,
+    # which a model this small earns long before exact matches).
+    per_epoch, final = evals[:-1], evals[-1]
+    assert [entry["epoch"] for entry in per_epoch] == [float(epoch) for epoch in range(1, 21)]
+    assert per_epoch[-1]["eval_loss"] < per_epoch[0]["eval_loss"]
+    best = max(entry["eval_chrf"] for entry in per_epoch)
+    assert best > 0 and final["eval_chrf"] == pytest.approx(best)
     rows = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 64
+    assert len(rows) == 32
     model, tokenizer = load_jsl_model(out)
     allowed = set(gloss_tokens(tokenizer))
-    assert all(row["prediction"] for row in rows)
+    assert sum(bool(row["prediction"]) for row in rows) >= 0.9 * len(rows)
     assert all(set(row["prediction"].split()) <= allowed for row in rows)
     assert rows[0]["ja"] == load_jsl_corpus("test")[0]["ja"]
 
@@ -129,7 +134,7 @@ def test_saved_folder_is_complete(run):
     ):
         assert key in metadata
     assert metadata["seed"] == 42 and metadata["package"] == "hftune"
-    assert config["d_model"] == 64 and config["max_source_length"] == 48 and config["max_target_length"] == 16
+    assert config["d_model"] == 32 and config["max_source_length"] == 48 and config["max_target_length"] == 16
     model, tokenizer = load_jsl_model(out)
     assert model.lm_head.weight is model.encoder.embed_tokens.weight
     assert config["vocab_hash"] == tokenizer.vocab_hash()
@@ -156,12 +161,8 @@ def test_saved_folder_is_complete(run):
     )
     assert results["eval_split"] == "test" and results["dataset"] == "jsl-gloss-corpus"
     assert set(results["metrics"]) == {"gloss_wer", "bleu", "chrf", "exact_match"}
-    assert results["split_sizes"] == {"train": 160, "validation": 64, "test": 64}
-    # Lower WER is better: the kept checkpoint is the epoch with the lowest validation WER.
-    curve = json.loads((out / "metrics.json").read_text())["training_curve"]
-    best = min(entry["eval_gloss_wer"] for entry in curve if "eval_gloss_wer" in entry)
-    assert results["best_checkpoint_metric"] == pytest.approx(best)
-    assert results["validation_metrics"]["gloss_wer"] == pytest.approx(best)
+    assert results["split_sizes"] == {"train": 320, "validation": 32, "test": 32}
+    assert results["best_checkpoint_metric"] == pytest.approx(results["validation_metrics"]["chrf"])
     assert results["generation_speed"]["batched_greedy_sentences_per_second"] > 0
     assert results["total_params"] == sum(p.numel() for p in model.parameters())
 
@@ -200,6 +201,19 @@ def test_attention_and_weight_exports(run):
     expected = model.state_dict()[WEIGHT_NAME]
     assert values.shape == expected.shape
     torch.testing.assert_close(values, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_lower_is_better_for_wer_as_best_metric():
+    from transformers import Seq2SeqTrainingArguments
+
+    from hftune.jsl.train import JslArguments, decide_device_and_precision
+
+    for metric, greater in (("gloss_wer", False), ("exact_match", True)):
+        args = Seq2SeqTrainingArguments(output_dir="unused", metric_for_best_model=metric, report_to="none")
+        with one_cpu_thread():
+            decided, decision = decide_device_and_precision(JslArguments(device="cpu"), args)
+        assert decided.greater_is_better is greater
+        assert decided.use_cpu and decision.precision == "fp32"
 
 
 def test_own_jsonl_and_csv_files(tmp_path):

@@ -90,11 +90,14 @@ class InstructionDataArguments:
         },
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use at most this many training examples (a seeded random subset)."}
+        default=None,
+        metadata={"help": "Use at most this many training examples (a seeded random subset); -1: all of them."},
     )
     max_eval_samples: int | None = field(
         default=None,
-        metadata={"help": "Use at most this many validation and held-out examples (seeded random subsets)."},
+        metadata={
+            "help": "Use at most this many validation and held-out examples (seeded random subsets); -1: all."
+        },
     )
 
 
@@ -363,17 +366,20 @@ def load_instruction_splits(args: InstructionDataArguments, seed: int = 42):
     if "validation" not in splits:
         held = splits["train"].train_test_split(test_size=0.1, seed=seed)
         splits["train"], splits["validation"] = held["train"], held["test"]
-    if args.max_train_samples is not None:
-        splits["train"] = _subset(splits["train"], args.max_train_samples, seed)
-    if args.max_eval_samples is not None:
-        for name in ("validation", "test"):
-            if name in splits:
-                splits[name] = _subset(splits[name], args.max_eval_samples, seed)
+    splits["train"] = _subset(splits["train"], args.max_train_samples, seed, "--max_train_samples")
+    for name in ("validation", "test"):
+        if name in splits:
+            splits[name] = _subset(splits[name], args.max_eval_samples, seed, "--max_eval_samples")
     return DatasetDict(splits), source
 
 
-def _subset(split, n: int, seed: int):
-    return split if n >= len(split) else split.shuffle(seed=seed).select(range(n))
+def _subset(split, n: int | None, seed: int, flag: str):
+    """A seeded random subset of n rows; None or a negative n keeps every row."""
+    if n == 0:
+        raise HftuneError(f"{flag} 0 leaves no examples; pass a positive number, or -1 for all of them")
+    if n is None or n < 0 or n >= len(split):
+        return split
+    return split.shuffle(seed=seed).select(range(n))
 
 
 # --- models ----------------------------------------------------------------------------------------
