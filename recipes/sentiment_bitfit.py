@@ -9,7 +9,13 @@ a ready classifier. A model without bias terms (Llama-style) is refused with a c
 
 from transformers import set_seed
 
-from hftune.config import DataArguments, ModelArguments, TrainingArguments, parse_recipe_args
+from hftune.config import (
+    CLASSIFIER_DEFAULTS,
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    parse_recipe_args,
+)
 from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
 from hftune.methods import apply_bitfit, save_bitfit
@@ -17,24 +23,10 @@ from hftune.models import embedded_encoder_path, load_classifier, resolve_model_
 from hftune.training import finish, prepare_training_args, run_classification
 
 RECIPE_DEFAULTS = {
-    # Data
-    "dataset_name": "movie_polarity",
+    **CLASSIFIER_DEFAULTS,
     # BitFit moves ~0.1% of the weights: it needs a learning rate far above full fine-tuning's
     "learning_rate": 3e-3,
-    "num_train_epochs": 3,
-    "per_device_train_batch_size": 32,
-    "per_device_eval_batch_size": 64,
-    "warmup_steps": 0.06,
-    "train_sampling_strategy": "group_by_length",
-    # Evaluate and save every epoch, keep the best (checkpoints hold the full model; the artefact does not)
     "output_dir": "outputs/sentiment_bitfit",
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "save_total_limit": 2,
-    "load_best_model_at_end": True,
-    "metric_for_best_model": "validation_accuracy",
-    "logging_steps": 20,
-    "report_to": "none",
 }
 
 

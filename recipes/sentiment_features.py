@@ -14,6 +14,7 @@ architecture's own head over the frozen body and saves a normal transformers fol
 from transformers import set_seed
 
 from hftune.config import (
+    CLASSIFIER_DEFAULTS,
     DataArguments,
     FeatureArguments,
     ModelArguments,
@@ -28,23 +29,11 @@ from hftune.models import embedded_encoder_path, load_classifier, resolve_model_
 from hftune.training import finish, prepare_training_args, run_classification
 
 RECIPE_DEFAULTS = {
-    # Data
-    "dataset_name": "movie_polarity",
+    **CLASSIFIER_DEFAULTS,
     # --classifier head: only a small head learns on fixed features, so a high learning rate and more epochs
     "learning_rate": 5e-3,
     "num_train_epochs": 5,
-    "per_device_train_batch_size": 32,
-    "per_device_eval_batch_size": 64,  # also the batch size of feature extraction
-    "warmup_steps": 0.06,
-    "train_sampling_strategy": "group_by_length",
     "output_dir": "outputs/sentiment_features",
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "save_total_limit": 2,
-    "load_best_model_at_end": True,
-    "metric_for_best_model": "validation_accuracy",
-    "logging_steps": 20,
-    "report_to": "none",
 }
 
 

@@ -12,7 +12,14 @@ With nothing frozen the run is recorded as method "full"; the saved model is a n
 
 from transformers import set_seed
 
-from hftune.config import DataArguments, FreezeArguments, ModelArguments, TrainingArguments, parse_recipe_args
+from hftune.config import (
+    CLASSIFIER_DEFAULTS,
+    DataArguments,
+    FreezeArguments,
+    ModelArguments,
+    TrainingArguments,
+    parse_recipe_args,
+)
 from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
 from hftune.methods import apply_freeze
@@ -20,25 +27,11 @@ from hftune.models import embedded_encoder_path, load_classifier, resolve_model_
 from hftune.training import finish, prepare_training_args, run_classification
 
 RECIPE_DEFAULTS = {
-    # Data
-    "dataset_name": "movie_polarity",
+    **CLASSIFIER_DEFAULTS,
     # Every weight moves: a small learning rate with warm-up keeps the pretrained features intact
     "learning_rate": 8e-5,
-    "num_train_epochs": 3,
-    "per_device_train_batch_size": 32,
-    "per_device_eval_batch_size": 64,
-    "warmup_steps": 0.06,
     "weight_decay": 0.01,
-    "train_sampling_strategy": "group_by_length",
-    # Evaluate and save every epoch, keep the best
     "output_dir": "outputs/sentiment_freeze",
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "save_total_limit": 2,
-    "load_best_model_at_end": True,
-    "metric_for_best_model": "validation_accuracy",
-    "logging_steps": 20,
-    "report_to": "none",
 }
 
 

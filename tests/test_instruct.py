@@ -73,7 +73,11 @@ def tokenizer(smollm_path):
 
 @pytest.fixture(scope="session")
 def tiny(tokenizer):
-    """A 2-layer random Llama over the real SmolLM2 vocabulary (tied embeddings, like SmolLM2)."""
+    """A 2-layer random Llama over the real SmolLM2 vocabulary.
+
+    Untied embeddings: a random model with tied ones mostly repeats its input's last token (here the newline
+    ending the prompt), so its greedy answers would be empty and compare nothing.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -84,7 +88,7 @@ def tiny(tokenizer):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

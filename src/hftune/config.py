@@ -153,6 +153,27 @@ class FeatureArguments:
     )
 
 
+# What every text-classification recipe starts from; each recipe adds its learning rate and output folder.
+CLASSIFIER_DEFAULTS: dict[str, Any] = {
+    # Data: the embedded movie-review polarity sentences (no network needed after the first fetch)
+    "dataset_name": "movie_polarity",
+    # Batches: dynamic padding plus length grouping keeps padding (wasted compute) small
+    "num_train_epochs": 3,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "warmup_steps": 0.06,
+    "train_sampling_strategy": "group_by_length",
+    # Evaluate and save every epoch, keep the best epoch
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "validation_accuracy",
+    "logging_steps": 20,
+    "report_to": "none",
+}
+
+
 def _convert_yaml_value(parser: HfArgumentParser, key: str, value: Any, source: str) -> Any:
     """Convert one YAML value with the parser's own type for `key`, naming key and file on failure."""
     actions = {a.dest: a for a in parser._actions}
@@ -263,6 +284,7 @@ def parse_recipe_args(
 
 
 __all__ = [
+    "CLASSIFIER_DEFAULTS",
     "DataArguments",
     "FeatureArguments",
     "FreezeArguments",

@@ -183,9 +183,9 @@ def load_training_pairs(args: JslArguments, seed: int):
         train = splits["train"].shuffle(seed=seed)
         splits["train"] = train.select(range(min(args.max_train_samples, len(train))))
     if args.max_eval_samples is not None:
-        for name in splits:
-            if name != "train":
-                splits[name] = splits[name].select(range(min(args.max_eval_samples, len(splits[name]))))
+        for split in splits:
+            if split != "train":
+                splits[split] = splits[split].select(range(min(args.max_eval_samples, len(splits[split]))))
     return splits, name, final_split
 
 
