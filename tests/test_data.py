@@ -81,7 +81,9 @@ def test_missing_text_column_lists_columns(tmp_path):
 
 
 def test_given_label_column_missing(tmp_path):
-    with pytest.raises(HftuneError, match=r"label column 'stars' not found; the data has columns \['sentence', 'sentiment'\]"):
+    with pytest.raises(
+        HftuneError, match=r"label column 'stars' not found; the data has columns \['sentence', 'sentiment'\]"
+    ):
         load_classification_data(DataArguments(train_file=write(tmp_path, "d.csv"), label_column="stars"))
 
 
@@ -95,7 +97,9 @@ def test_validation_label_unseen_in_training(tmp_path):
     train = write(tmp_path, "train.csv")
     val = tmp_path / "val.csv"
     val.write_text("sentence,sentiment\nok text,pos\nodd text,sarcastic\n", encoding="utf-8")
-    with pytest.raises(HftuneError, match=r"val.csv \(validation split\) row 2: label 'sarcastic' is not one of the 3"):
+    with pytest.raises(
+        HftuneError, match=r"val.csv \(validation split\) row 2: label 'sarcastic' is not one of the 3"
+    ):
         load_classification_data(DataArguments(train_file=train, validation_file=str(val)))
 
 

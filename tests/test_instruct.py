@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -378,11 +379,13 @@ def test_recipe_end_to_end_then_generate(tmp_path, tiny_dir):
            "--model_name_or_path", str(tiny_dir), "--train_file", str(data / "train.jsonl"),
            "--validation_file", str(data / "validation.jsonl"), "--test_file", str(data / "test.jsonl"),
            "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4",
-           "--max_seq_length", "64", "--max_new_tokens", "8", "--precision", "fp32", "--packing",
+           "--max_seq_length", "256", "--max_new_tokens", "8", "--precision", "fp32", "--packing",
            "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "had their prompt left-truncated" in done.stdout
+    assert "train: 16 examples kept, 0 had their prompt left-truncated and 0 were dropped" in done.stdout
+    rows = int(re.search(r"train: packed 16 examples into (\d+) rows", done.stdout).group(1))
+    assert rows < 16  # ~100-token examples, two to a 256-token row
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert (results["task"], results["method"], results["artifact"]) == (
         "instruction-tuning",

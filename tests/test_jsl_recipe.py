@@ -171,7 +171,7 @@ def test_saved_folder_is_complete(run):
     assert index["gloss_wer"]["metric_value"] == pytest.approx(results["metrics"]["gloss_wer"])
     assert index["exact_match"]["dataset_split"] == "test"
     card = (out / "README.md").read_text(encoding="utf-8")
-    assert "trust_remote_code=True" in card and "training_curves.png" in card and "name: run" in card
+    assert "trust_remote_code=True" in card and "training_curves.png" in card and "- name: run\n" in card
 
 
 def test_attention_and_weight_exports(run):

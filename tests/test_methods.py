@@ -85,16 +85,17 @@ def test_bitfit_trains_exactly_every_bias_and_the_head(minilm_path):
     h, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     # Per layer: q, k, v, attention output, attention LayerNorm, output dense, output LayerNorm (h each) + intermediate.
     per_layer_biases = 7 * h + inter
-    embeddings_ln_bias, pooler_bias, head = h, h, h * 2 + 2
-    expected = layers * per_layer_biases + embeddings_ln_bias + pooler_bias + head
+    # The head: BERT's pooler (dense h x h + bias; it only serves classification) and the classifier.
+    embeddings_ln_bias, head = h, (h * h + h) + (h * 2 + 2)
+    expected = layers * per_layer_biases + embeddings_ln_bias + head
 
     apply_bitfit(model)
     trainable, total = count_parameters(model)
-    assert trainable == expected == 26_882
+    assert trainable == expected == 174_338
     assert total == sum(p.numel() for p in model.parameters())
     names = trainable_names(model)
-    assert {"classifier.weight", "classifier.bias"} <= names
-    assert all(n.endswith(".bias") or n.startswith("classifier.") for n in names)
+    assert {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight"} <= names
+    assert all(n.endswith(".bias") or n.startswith(("classifier.", "bert.pooler.")) for n in names)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +144,10 @@ def test_methods_select_parameters_generically(kind):
     layers = encoder_layers(model)
     assert len(layers) == 2
     head = set(head_parameter_names(model))
-    assert head and all(not n.startswith(model.base_model_prefix + ".") for n in head)
+    # Outside the body, except BERT's pooler, which only serves classification.
+    body = model.base_model_prefix + "."
+    assert head and all(not n.startswith(body) or n.startswith(body + "pooler.") for n in head)
+    assert any(n.startswith(body + "pooler.") for n in head) == (kind == "bert")
 
     apply_freeze(model, FreezeArguments(freeze_embeddings=True, freeze_layers=1))
     assert not any(p.requires_grad for p in layers[0].parameters())

@@ -83,4 +83,3 @@ def test_adapter_reloads_and_reproduces_reported_accuracy(lora_run):
     assert accuracy == pytest.approx(results["metrics"]["accuracy"], abs=1e-9)
     majority = max(sum(validation["labels"]), len(validation) - sum(validation["labels"])) / len(validation)
     assert accuracy > majority + 0.1, (accuracy, majority)
-

@@ -64,7 +64,9 @@ class DataArguments:
             "(`movie_polarity`). Ignored when --train_file is given."
         },
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset configuration name."}
+    )
     train_file: str | None = field(
         default=None, metadata={"help": "Local training file: csv, tsv, txt, json, jsonl or parquet."}
     )
@@ -81,11 +83,14 @@ class DataArguments:
         default=None, metadata={"help": "Column holding the text. Default: detected (text, sentence, ...)."}
     )
     label_column: str | None = field(
-        default=None, metadata={"help": "Column holding the label. Default: detected (label, label_name, ...)."}
+        default=None,
+        metadata={"help": "Column holding the label. Default: detected (label, label_name, ...)."},
     )
     label_order: list[str] | None = field(
         default=None,
-        metadata={"help": "Fix the label order (ids follow it). Default: the data's ClassLabel names, else sorted."},
+        metadata={
+            "help": "Fix the label order (ids follow it). Default: the data's ClassLabel names, else sorted."
+        },
     )
     validation_split_percentage: float = field(
         default=20.0,
@@ -99,7 +104,9 @@ class DataArguments:
     )
     max_seq_length: int = field(
         default=128,
-        metadata={"help": "Truncate texts to this many tokens. Batches are padded dynamically, never to this."},
+        metadata={
+            "help": "Truncate texts to this many tokens. Batches are padded dynamically, never to this."
+        },
     )
 
 
@@ -118,7 +125,9 @@ class LoraArguments:
     load_in_4bit: bool = field(
         default=False, metadata={"help": "QLoRA: load the base model in 4-bit NF4 (bitsandbytes)."}
     )
-    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base model in 8-bit (bitsandbytes)."})
+    load_in_8bit: bool = field(
+        default=False, metadata={"help": "Load the base model in 8-bit (bitsandbytes)."}
+    )
 
 
 @dataclass
@@ -137,7 +146,10 @@ class FreezeArguments:
 class FeatureArguments:
     pooling: str = field(
         default="mean",
-        metadata={"help": "How to pool token states into one vector: cls | mean.", "choices": ["cls", "mean"]},
+        metadata={
+            "help": "How to pool token states into one vector: cls | mean.",
+            "choices": ["cls", "mean"],
+        },
     )
     classifier: str = field(
         default="logreg",
@@ -208,7 +220,9 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise HftuneError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+        raise HftuneError(
+            f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -276,9 +290,7 @@ def parse_recipe_args(
     except ValueError as err:  # TrainingArguments.__post_init__ rejects inconsistent combinations
         raise HftuneError(f"invalid arguments: {err}") from None
     if leftovers:
-        raise HftuneError(
-            f"unknown argument(s) {' '.join(leftovers)}; see `--help` for the accepted flags"
-        )
+        raise HftuneError(f"unknown argument(s) {' '.join(leftovers)}; see `--help` for the accepted flags")
     # The Namespace holding --config/--debug comes back last; the caller wants only the dataclasses.
     return tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
 

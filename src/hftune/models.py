@@ -8,7 +8,6 @@ from pathlib import Path
 
 from hftune.errors import HftuneError
 
-
 EMBEDDED_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -62,7 +61,9 @@ def resolve_model_name(name: str | None, default: str, flag: str = "--model_name
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if _looks_like_local_path(name):
-        raise HftuneError(f"model path {name!r} does not exist; pass an existing folder or a Hub id to {flag}")
+        raise HftuneError(
+            f"model path {name!r} does not exist; pass an existing folder or a Hub id to {flag}"
+        )
     fail_fast_when_hub_unreachable(name)
     return name
 
@@ -75,7 +76,9 @@ def hub_load_error(name: str, err: Exception, flag: str = "--model_name_or_path"
             f"model {name!r} is not in the local cache and the Hub is not reachable (offline); "
             f"download it on a connected machine first, or pass a local folder to {flag}"
         )
-    return HftuneError(f"model {name!r} could not be loaded ({type(err).__name__}: {str(err)[:200]}); check {flag}")
+    return HftuneError(
+        f"model {name!r} could not be loaded ({type(err).__name__}: {str(err)[:200]}); check {flag}"
+    )
 
 
 def load_classifier(
@@ -92,7 +95,9 @@ def load_classifier(
 
     label2id = {label: i for i, label in id2label.items()}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name or name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_name or name_or_path, trust_remote_code=trust_remote_code
+        )
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path,
             num_labels=len(id2label),
@@ -157,7 +162,9 @@ def embedded_causal_lm_path() -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"hftune: converting SmolLM2-135M-Instruct once from GGUF into {target} (~30 s) ...", file=sys.stderr)
+    print(
+        f"hftune: converting SmolLM2-135M-Instruct once from GGUF into {target} (~30 s) ...", file=sys.stderr
+    )
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
     # Dequantised weights are plain fp32 now: without this the saved config claims a GGUF quantisation.
@@ -201,7 +208,9 @@ def load_adapter_classifier(run_dir: str | Path, base_model_name_or_path: str | 
     trained_on = adapter_config.get("base_model_name_or_path")
     base = base_model_name_or_path or trained_on
     results_path = run_dir / "results.json"
-    labels = json.loads(results_path.read_text(encoding="utf-8")).get("labels") if results_path.is_file() else None
+    labels = (
+        json.loads(results_path.read_text(encoding="utf-8")).get("labels") if results_path.is_file() else None
+    )
     if not labels:
         raise HftuneError(f"{results_path} is missing or lists no labels; the run folder is incomplete")
     model, tokenizer = load_classifier(resolve_model_name(base, default=base), dict(enumerate(labels)))

@@ -24,7 +24,10 @@ def plot_training_curves(log_history: list[dict], path: str | Path, metric: str 
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
         ax_loss.plot(*zip(*train, strict=True), label="train (logged steps)", alpha=0.7)
-    for label, keys in (("validation", ("eval_validation_loss", "eval_loss")), ("train subset", ("eval_train_loss",))):
+    for label, keys in (
+        ("validation", ("eval_validation_loss", "eval_loss")),
+        ("train subset", ("eval_train_loss",)),
+    ):
         points = series(keys)
         if points:
             ax_loss.plot(*zip(*points, strict=True), marker="o", label=label)

@@ -12,7 +12,16 @@ from typing import Any
 from hftune.errors import HftuneError
 
 RESULTS_FILE = "results.json"
-TRACKED_PACKAGES = ("hftune", "torch", "transformers", "peft", "accelerate", "datasets", "evaluate", "bitsandbytes")
+TRACKED_PACKAGES = (
+    "hftune",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "evaluate",
+    "bitsandbytes",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -40,7 +49,9 @@ def write_results(run_dir: str | Path, results: dict[str, Any]) -> Path:
     path = Path(run_dir) / RESULTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    partial.write_text(
+        json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+    )
     os.replace(partial, path)
     return path
 

@@ -68,7 +68,9 @@ def prepare_training_args(
 
     info = hardware.detect_hardware()
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    decision = hardware.decide_precision(info, model_args.precision, model_type=model_type, quantization=quantization)
+    decision = hardware.decide_precision(
+        info, model_args.precision, model_type=model_type, quantization=quantization
+    )
     log(decision.summary())
     # TrainingArguments also reads the precision accelerate's config exported; the decision must win.
     os.environ["ACCELERATE_MIXED_PRECISION"] = {"fp32": "no"}.get(decision.precision, decision.precision)

@@ -506,9 +506,11 @@ def run_jsl_training(
                 splits[final_split]["ja"], scorer.references, scorer.predictions, strict=True
             )
         ]
-        with staged_final_artifacts(out) as staging, tempfile.TemporaryDirectory() as plots_dir:
+        with staged_final_artifacts(out) as staging, tempfile.TemporaryDirectory() as tmp:
+            plots_dir = Path(tmp) / out.resolve().name  # the card names the model after this folder
+            plots_dir.mkdir()
             _save_folder(
-                model, tokenizer, args, staging, Path(plots_dir), results, metadata, metrics_file, predictions
+                model, tokenizer, args, staging, plots_dir, results, metadata, metrics_file, predictions
             )
     log(f'saved to {out}; translate with: hftune translate --model {out} "ありがとう"')
     return results
