@@ -367,7 +367,8 @@ def _fails_fast(result: subprocess.CompletedProcess, seconds: float, message: st
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith(f"error: {message}"), result.stderr
     assert "Traceback" not in result.stderr
-    assert seconds < 10
+    # The client's own retries would take minutes; the bound is loose so a busy machine's imports never trip it.
+    assert seconds < 60, seconds
 
 
 def test_cli_without_token_offline_or_unreachable_fails_fast(hub_server, full_run, tmp_path):
