@@ -47,7 +47,9 @@ def main() -> None:
     )
     model = apply_bitfit(model)
 
-    training_args, decision = prepare_training_args(training_args, model_args, model)
+    training_args, decision = prepare_training_args(
+        training_args, model_args, model, max_seq_length=data_args.max_seq_length
+    )
     run_classification(
         model,
         tokenizer,

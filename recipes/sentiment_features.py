@@ -61,7 +61,9 @@ def main() -> None:
         trust_remote_code=model_args.trust_remote_code,
     )
     model = apply_features(model)
-    training_args, decision = prepare_training_args(training_args, model_args, model)
+    training_args, decision = prepare_training_args(
+        training_args, model_args, model, max_seq_length=data_args.max_seq_length
+    )
     if training_args.process_index == 0:
         plot_projection_of_frozen_body(
             model, tokenizer, data, training_args.output_dir, feature_args=feature_args, data_args=data_args,

@@ -52,7 +52,9 @@ def main() -> None:
     )
     model = apply_freeze(model, freeze_args)
 
-    training_args, decision = prepare_training_args(training_args, model_args, model)
+    training_args, decision = prepare_training_args(
+        training_args, model_args, model, max_seq_length=data_args.max_seq_length
+    )
     frozen_anything = freeze_args.freeze_embeddings or freeze_args.freeze_layers != 0
     run_classification(
         model,
