@@ -267,3 +267,11 @@ def test_bad_flags_fail_before_writing_anything(tmp_path, capsys):
     err = recipe_error(["--output_dir", str(out), "--train_file", str(tmp_path / "missing.csv")], capsys)
     assert "missing.csv does not exist" in err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_default_run_reaches_the_quality_targets(tmp_path):
+    """The recipe's defaults on the shipped corpus (about 6 CPU-minutes on one idle core)."""
+    run_recipe(["--output_dir", str(tmp_path / "default")])
+    metrics = json.loads((tmp_path / "default" / "results.json").read_text())["metrics"]
+    assert metrics["gloss_wer"] <= 0.15 and metrics["exact_match"] >= 0.60
