@@ -26,8 +26,9 @@ from hftune.training import finish, prepare_training_args, run_classification
 
 RECIPE_DEFAULTS = {
     **CLASSIFIER_DEFAULTS,
-    # LoRA: a higher learning rate than full fine-tuning, since few parameters move
-    "learning_rate": 1e-3,
+    # LoRA: few parameters move, so a learning rate far above full fine-tuning's. On 1,600 polarity
+    # sentences, one epoch: 0.735 validation accuracy at 1e-3, 0.798 at 3e-3.
+    "learning_rate": 3e-3,
     "weight_decay": 0.01,
     "output_dir": "outputs/sentiment_lora",
 }
