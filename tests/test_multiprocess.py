@@ -22,6 +22,9 @@ def _launch(config: str, processes: int, out: Path) -> tuple[subprocess.Complete
         str(REPO / "recipes" / "sentiment_lora.py"),
         "--max_train_samples", str(TRAIN), "--max_eval_samples", str(EVAL), "--num_train_epochs", "1",
         "--max_seq_length", "64", "--precision", "fp32", "--logging_steps", "4",
+        # 16 gentle steps keep both runs on the same path; processes draw different dropout masks, so a
+        # steeper run would let the two drift apart for reasons unrelated to scale-out.
+        "--learning_rate", "1e-3",
         "--per_device_train_batch_size", str(EFFECTIVE_BATCH // processes), "--output_dir", str(out),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "HFTUNE_CPU_THREADS")}
