@@ -81,5 +81,5 @@ def test_adapter_reloads_and_reproduces_reported_accuracy(lora_run):
             correct += (model(**batch).logits.argmax(-1) == labels).sum().item()
     accuracy = correct / len(validation)
     assert accuracy == pytest.approx(results["metrics"]["accuracy"], abs=1e-9)
-    majority = max(sum(validation["labels"]), len(validation) - sum(validation["labels"])) / len(validation)
+    majority = max(sum(validation["label"]), len(validation) - sum(validation["label"])) / len(validation)
     assert accuracy > majority + 0.1, (accuracy, majority)

@@ -122,7 +122,7 @@ def test_bitfit_recipe_saves_only_trained_tensors(tmp_path, monkeypatch, capsys,
     else:
         run_recipe("sentiment_bitfit.py", argv, monkeypatch)
         stdout = capsys.readouterr().out
-    assert "bitfit: 26,882 trainable of" in stdout
+    assert "bitfit: 174,338 trainable of" in stdout
     results = check_results(out, "bitfit", "bitfit")
     assert not (out / "model.safetensors").exists()
     saved = load_file(out / BITFIT_WEIGHTS)
@@ -166,13 +166,14 @@ def test_features_head_recipe_trains_only_the_head(tmp_path, monkeypatch, minilm
         monkeypatch,
     )  # fmt: skip
     results = check_results(out, "features", "full")
-    assert results["trainable_params"] == 384 * 2 + 2
+    assert results["trainable_params"] == (384 * 384 + 384) + (384 * 2 + 2)  # pooler + classifier
     assert (out / "feature_projection.png").is_file()
     model = AutoModelForSequenceClassification.from_pretrained(out)
     base = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
-    assert all(
-        torch.equal(p, q) for p, q in zip(model.bert.parameters(), base.bert.parameters(), strict=True)
-    )
+    frozen = [(n, p) for n, p in model.bert.named_parameters() if not n.startswith("pooler.")]
+    pretrained = dict(base.bert.named_parameters())
+    assert all(torch.equal(p, pretrained[n]) for n, p in frozen)
+    assert not torch.equal(model.bert.pooler.dense.weight, pretrained["pooler.dense.weight"])  # head part trains
     assert accuracy_of(model, AutoTokenizer.from_pretrained(out)) == pytest.approx(
         results["metrics"]["accuracy"]
     )

@@ -15,7 +15,9 @@ from hftune.config import FreezeArguments, LoraArguments
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights
 
-HEAD_MODULE_NAMES = ("classifier", "pre_classifier", "score", "pooler")  # kept out of quantisation
+# Task-head modules kept out of quantisation. transformers matches each as a suffix of the module name or a
+# regex from its start, hence `.*pooler` for BERT's `bert.pooler.dense`.
+QUANTIZATION_SKIP_PATTERNS = ("classifier", "pre_classifier", "score", r".*pooler")
 
 
 # --- locating parts of a model ---------------------------------------------------------------------
@@ -157,7 +159,7 @@ def quantization_config(
     from transformers import BitsAndBytesConfig
 
     # Quantising the task head breaks modules_to_save ("only floating point tensors can require grad").
-    skip = list(model_type_head or HEAD_MODULE_NAMES)
+    skip = list(model_type_head or QUANTIZATION_SKIP_PATTERNS)
     if args.load_in_4bit:
         return BitsAndBytesConfig(
             load_in_4bit=True,
