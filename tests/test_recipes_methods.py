@@ -173,7 +173,9 @@ def test_features_head_recipe_trains_only_the_head(tmp_path, monkeypatch, minilm
     frozen = [(n, p) for n, p in model.bert.named_parameters() if not n.startswith("pooler.")]
     pretrained = dict(base.bert.named_parameters())
     assert all(torch.equal(p, pretrained[n]) for n, p in frozen)
-    assert not torch.equal(model.bert.pooler.dense.weight, pretrained["pooler.dense.weight"])  # head part trains
+    assert not torch.equal(
+        model.bert.pooler.dense.weight, pretrained["pooler.dense.weight"]
+    )  # head part trains
     assert accuracy_of(model, AutoTokenizer.from_pretrained(out)) == pytest.approx(
         results["metrics"]["accuracy"]
     )
