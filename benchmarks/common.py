@@ -239,7 +239,7 @@ def assemble(results_dir: Path, target: Path) -> None:
             f"- CPU: {m['cpu']}, {m['cores']} cores, bf16 support: {'yes' if m['cpu_bf16'] else 'no'}",
             f"- torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}",
             f"- threads pinned: {m['threads_used']}; platform: {m['platform']}",
-            f"- measured on {time.strftime('%Y-%m-%d')} with `bash benchmarks/run_all.sh`",
+            f"- assembled on {time.strftime('%Y-%m-%d')}; each table names the command that produced it",
         ]
         text = _replace_block(text, "machine", "\n".join(lines))
     target.write_text(text, encoding="utf-8")
