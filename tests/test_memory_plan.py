@@ -106,7 +106,7 @@ def test_smollm2_135m_qlora_fits_6gb() -> None:
     assert 130e6 < est.total_params < 140e6
     fp32_weights = est.total_params * 4
     assert est.weights_bytes < fp32_weights / 3  # block linears at ~4 bits, embeddings stay fp32
-    assert est.trainable_params < 0.01 * est.total_params
+    assert est.trainable_params < 0.02 * est.total_params  # r=8 adapters on every block linear, as the recipe
     assert est.total_bytes < 6 * GIB and plan.effective_batch_size == 16
 
 

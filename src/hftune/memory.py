@@ -542,23 +542,6 @@ def model_from_config(
     return AutoModelForSequenceClassification.from_config(config)
 
 
-def _layer_list(model: nn.Module) -> nn.ModuleList:
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        raise HftuneError(f"{type(model).__name__} has no layer list to freeze; use --method full or lora.")
-    return max(lists, key=len)
-
-
-def _lora_targets(model: nn.Module) -> list[str]:
-    leaf_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    for pair in (("query", "value"), ("q_lin", "v_lin"), ("q_proj", "v_proj"), ("q", "v"), ("c_attn",)):
-        if set(pair) <= leaf_names:
-            return list(pair)
-    raise HftuneError(
-        f"no attention projections found for LoRA in {type(model).__name__}; pass --lora_target_modules."
-    )
-
-
 def prepare_for_method(
     model: nn.Module,
     method: str,
@@ -566,39 +549,22 @@ def prepare_for_method(
     lora_r: int = 8,
     lora_target_modules: list[str] | None = None,
 ) -> nn.Module:
-    """Set `requires_grad` (or wrap with LoRA) the way `method` trains, for planning purposes."""
+    """Set `requires_grad` (or wrap with LoRA) with the recipes' own method functions, so the plan counts
+    exactly what the run will train. `freeze` defaults to the embeddings plus the lower half of the layers."""
+    from hftune import methods
+    from hftune.config import FreezeArguments, LoraArguments
+
     if method not in METHODS:
         raise HftuneError(f"--method {method!r} is not one of {', '.join(METHODS)}.")
-
-    def is_head(name: str) -> bool:
-        return any(part in HEAD_NAMES for part in name.split("."))
-
     if method in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model
-
-        causal = _is_causal_lm(model)
-        head = [] if causal else sorted({n.split(".")[0] for n, _ in model.named_parameters() if is_head(n)})
-        config = LoraConfig(
-            r=lora_r,
-            lora_alpha=2 * lora_r,
-            target_modules=lora_target_modules or _lora_targets(model),
-            modules_to_save=head or None,
-            task_type="CAUSAL_LM" if causal else "SEQ_CLS",
-        )
-        return get_peft_model(model, config)
-    for name, param in model.named_parameters():
-        param.requires_grad = (
-            method == "full" or is_head(name) or (method == "bitfit" and name.endswith("bias"))
-        )
+        # Quantisation is accounted for by the estimate itself; here only the adapter layout matters.
+        lora = LoraArguments(lora_r=lora_r, lora_alpha=2 * lora_r, lora_target_modules=lora_target_modules)
+        return methods.apply_lora(model, lora, task_type="CAUSAL_LM" if _is_causal_lm(model) else "SEQ_CLS")
     if method == "freeze":
-        layers = _layer_list(model)
-        frozen = len(layers) // 2 if freeze_layers is None else freeze_layers
-        if not 0 <= frozen <= len(layers):
-            raise HftuneError(f"--freeze_layers {frozen} is outside 0..{len(layers)} for this model.")
-        frozen_ids = {id(p) for layer in list(layers)[:frozen] for p in layer.parameters()}
-        for name, param in model.named_parameters():
-            param.requires_grad = id(param) not in frozen_ids and "embed" not in name
-    return model
+        if freeze_layers is None:
+            freeze_layers = len(methods.encoder_layers(model)) // 2
+        return methods.apply_freeze(model, FreezeArguments(freeze_embeddings=True, freeze_layers=freeze_layers))
+    return methods.METHODS[method](model)
 
 
 # ----------------------------------------------------------------------------------------------------
