@@ -295,8 +295,9 @@ class MemoryCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         device = self.device or str(args.device)
-        self.peak_mb = max(self.peak_mb, peak_memory_mb(device))
-        value = round(self.peak_mb, 1)
+        # Rounded once, so the logged figure and results.json's figure are the same number.
+        self.peak_mb = max(self.peak_mb, round(peak_memory_mb(device), 1))
+        value = self.peak_mb
         if logs is not None:
             logs["peak_memory_mb"] = value
         # Trainer appends a copy of the logs to log_history before callbacks run: keep it in step.
