@@ -585,7 +585,7 @@ def run_instruction_tuning(
     from hftune.models import EMBEDDED_CAUSAL_LM_HUB_ID, count_parameters
     from hftune.plots import plot_training_curves
     from hftune.results import directory_size_mb, library_versions
-    from hftune.training import last_checkpoint, log, world_size, write_model_card_and_results
+    from hftune.training import last_checkpoint, log, run_facts, world_size, write_model_card_and_results
 
     artifact = "adapter" if method in ("lora", "qlora") else "full"
     trainable, total = count_parameters(model)
@@ -679,17 +679,16 @@ def run_instruction_tuning(
         "validation_loss": validation_loss,
         "generation_latency_ms": round(generations.ms_per_sentence, 2),
         "generation_sentences_per_second": round(generations.sentences_per_second, 2),
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_ratio": trainable / total,
-        "train_runtime_s": round(train_seconds, 2),
-        "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
-        "peak_memory_mb": memory.peak_mb,
-        "world_size": world_size(),
-        "seed": training_args.seed,
-        "device": decision.device,
-        "precision": decision.precision,
-        "resumed_from_checkpoint": resume_from,
+        **run_facts(
+            trainable=trainable,
+            total=total,
+            train_seconds=train_seconds,
+            train_output=train_output,
+            memory=memory,
+            training_args=training_args,
+            decision=decision,
+            resume_from=resume_from,
+        ),
         "hyperparameters": {
             "prompt_format": data_args.prompt_format,
             "max_seq_length": data_args.max_seq_length,

@@ -563,7 +563,9 @@ def prepare_for_method(
     if method == "freeze":
         if freeze_layers is None:
             freeze_layers = len(methods.encoder_layers(model)) // 2
-        return methods.apply_freeze(model, FreezeArguments(freeze_embeddings=True, freeze_layers=freeze_layers))
+        return methods.apply_freeze(
+            model, FreezeArguments(freeze_embeddings=True, freeze_layers=freeze_layers)
+        )
     return methods.METHODS[method](model)
 
 

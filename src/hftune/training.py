@@ -98,6 +98,33 @@ def prepare_training_args(
     return training_args, decision
 
 
+def run_facts(
+    *,
+    trainable: int,
+    total: int,
+    train_seconds: float,
+    train_output,
+    memory,
+    training_args,
+    decision,
+    resume_from,
+) -> dict[str, Any]:
+    """The part of results.json every recipe reports the same way: size, time, memory, where it ran."""
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_ratio": trainable / total,
+        "train_runtime_s": round(train_seconds, 2),
+        "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
+        "peak_memory_mb": memory.peak_mb,
+        "world_size": world_size(),
+        "seed": training_args.seed,
+        "device": decision.device,
+        "precision": decision.precision,
+        "resumed_from_checkpoint": resume_from,
+    }
+
+
 def last_checkpoint(output_dir: str) -> str | None:
     """The newest complete `checkpoint-N`: Trainer writes trainer_state.json last, so a folder without it
     (from a save that was not atomic) is skipped."""
@@ -266,17 +293,16 @@ def run_classification(
                 "eval_split": "validation",
                 "split_sizes": {name: len(split) for name, split in data.splits.items()},
                 "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-                "trainable_params": trainable,
-                "total_params": total,
-                "trainable_ratio": trainable / total,
-                "train_runtime_s": round(train_seconds, 2),
-                "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
-                "peak_memory_mb": memory.peak_mb,
-                "world_size": world_size(),
-                "seed": training_args.seed,
-                "device": decision.device,
-                "precision": decision.precision,
-                "resumed_from_checkpoint": resume_from,
+                **run_facts(
+                    trainable=trainable,
+                    total=total,
+                    train_seconds=train_seconds,
+                    train_output=train_output,
+                    memory=memory,
+                    training_args=training_args,
+                    decision=decision,
+                    resume_from=resume_from,
+                ),
                 "hyperparameters": {
                     "learning_rate": training_args.learning_rate,
                     "num_train_epochs": training_args.num_train_epochs,

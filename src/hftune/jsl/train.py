@@ -33,7 +33,7 @@ from hftune.jsl.configuration_jsl import JslSeq2SeqConfig
 from hftune.jsl.export import DEFAULT_ATTENTION_INPUTS, check_weight_name, export_attentions, export_weights
 from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration
 from hftune.jsl.tokenization_jsl import JslTokenizer, target_tokens
-from hftune.training import AtomicCheckpointTrainer, last_checkpoint, log, world_size
+from hftune.training import AtomicCheckpointTrainer, last_checkpoint, log, run_facts, world_size
 
 SHIPPED_CORPUS_NAME = "jsl-gloss-corpus"
 
@@ -472,18 +472,17 @@ def run_jsl_training(
             },
             "split_sizes": {name: len(split) for name, split in splits.items()},
             "vocabulary_size": len(tokenizer),
-            "trainable_params": trainable,
-            "total_params": total,
-            "trainable_ratio": trainable / total,
-            "train_runtime_s": round(train_seconds, 2),
-            "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
+            **run_facts(
+                trainable=trainable,
+                total=total,
+                train_seconds=train_seconds,
+                train_output=train_output,
+                memory=memory,
+                training_args=training_args,
+                decision=decision,
+                resume_from=resume_from,
+            ),
             "best_checkpoint_metric": trainer.state.best_metric,
-            "peak_memory_mb": memory.peak_mb,
-            "world_size": world_size(),
-            "seed": training_args.seed,
-            "device": decision.device,
-            "precision": decision.precision,
-            "resumed_from_checkpoint": resume_from,
             "hyperparameters": _hyperparameters(args, training_args),
             "generation_speed": speed,
             # the leaderboard's latency column, comparable with the instruction-tuned model's
