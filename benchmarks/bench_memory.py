@@ -5,10 +5,11 @@
 
 Part A, peak memory per method at equal batch (`--batch_size` x `--seq_len`, fp32, AdamW) on MiniLM, each
 method in its own process so that peak RSS (ru_maxrss) belongs to that method alone: peak RSS, its growth
-over the process after imports, and tensor accounting (weights + gradients + AdamW state after real steps
-+ the bytes autograd saved for backward in one step). Methods are applied with hftune.methods as the recipes
-apply them: full; freeze = embeddings + lower 3 of 6 layers; LoRA = the recipe defaults (r 8, all linear
-layers, head trained); BitFit = every bias + head. Issue 8 target: LoRA and BitFit <= 0.7x full.
+over the process after imports, tensor accounting (weights + gradients + AdamW state after real steps + the
+bytes autograd saved for backward in one step), and the peak of live tensors over a whole step (the CPU
+counterpart of CUDA's max_memory_allocated). Methods are applied with hftune.methods as the recipes apply
+them: full; freeze = embeddings + lower 3 of 6 layers; LoRA = the recipe defaults (r 8, peft's query/value
+targets, head trained); BitFit = every bias + head. Issue 8 target: LoRA and BitFit <= 0.7x full.
 
 Part B, `hftune.memory.estimate_training_memory` (weights + gradients + optimizer + activations) against the
 same tensor accounting at three batch sizes, per method (issue 7 target: within 15%).
@@ -55,8 +56,11 @@ def random_batch(vocab_size: int, batch: int, seq: int, seed: int) -> dict[str, 
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def tensor_accounting(model, batch: int, seq: int, precision: str, steps: int, seed: int) -> dict[str, float]:
-    """Bytes of weights, gradients and AdamW state after `steps` real steps, plus saved activations."""
+def tensor_accounting(
+    model, batch: int, seq: int, precision: str, steps: int, seed: int, measure_peak: bool = False
+) -> dict[str, float]:
+    """Bytes of weights, gradients and AdamW state after `steps` real steps, plus saved activations (and,
+    with `measure_peak`, the peak of live tensors over one more step)."""
     bf16 = precision == "bf16"
     params = list(model.parameters())
     optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-5)
@@ -76,7 +80,36 @@ def tensor_accounting(model, batch: int, seq: int, precision: str, steps: int, s
     optimizer.zero_grad(set_to_none=True)
     parts["activations"] = saved_activation_bytes(model, batch, seq, precision)
     parts["total"] = sum(parts.values())
+    if measure_peak:
+        parts["peak_allocated"] = step_peak_allocated(model, optimizer, inputs, bf16)
     return parts
+
+
+def step_peak_allocated(model, optimizer, inputs, bf16: bool) -> int:
+    """Peak bytes of live tensors over one whole training step (forward, backward, optimizer step): the CPU
+    counterpart of CUDA's max_memory_allocated, from the profiler's allocation events. Unlike RSS it does not
+    count memory the C allocator keeps after a free, nor the interpreter and libraries."""
+    from torch.profiler import ProfilerActivity, profile
+
+    optimizer.zero_grad(set_to_none=True)
+    resident = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+    )
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+    # Every allocation and free is charged to exactly one event (the innermost op running, or a "[memory]"
+    # event outside ops) as its self_cpu_memory_usage: in time order they trace the bytes alive.
+    allocations = sorted(
+        (e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage
+    )
+    live = peak = 0
+    for _, delta in allocations:
+        live += delta
+        peak = max(peak, live)
+    return resident + peak
 
 
 def peak_rss_mb() -> float:
@@ -89,7 +122,9 @@ def worker(args) -> int:
     before = peak_rss_mb()
     model = prepared_model(args.model or embedded_encoder_path(), args.worker, args.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    parts = tensor_accounting(model, args.batch_size, args.seq_len, args.precision, args.steps, args.seed)
+    parts = tensor_accounting(
+        model, args.batch_size, args.seq_len, args.precision, args.steps, args.seed, measure_peak=True
+    )
     peak = peak_rss_mb()
     print(json.dumps({"method": args.worker, "rss_before_mb": before, "peak_rss_mb": peak,
                       "rss_growth_mb": peak - before, "trainable_params": trainable,
@@ -175,16 +210,20 @@ def main(argv: list[str] | None = None) -> int:
         t = r["tensors"]
         ratio = r["tensors"]["total"] / full["tensors"]["total"] if full else float("nan")
         rss_ratio = r["rss_growth_mb"] / full["rss_growth_mb"] if full else float("nan")
+        peak_ratio = t["peak_allocated"] / full["tensors"]["peak_allocated"] if full else float("nan")
         rows_a.append([r["method"], f"{r['trainable_params']:,}", t["weights"] / MIB, t["gradients"] / MIB,
                        t["optimizer"] / MIB, t["activations"] / MIB, t["total"] / MIB, f"{ratio:.2f}x",
+                       t["peak_allocated"] / MIB, f"{peak_ratio:.2f}x",
                        r["peak_rss_mb"], r["rss_growth_mb"], f"{rss_ratio:.2f}x"])  # fmt: skip
     rows_b = [[e["method"], e["batch_size"], e["estimate_bytes"] / MIB, e["measured_bytes"] / MIB,
                f"{e['relative_error']:+.1%}", "yes" if abs(e["relative_error"]) <= 0.15 else "NO"]
               for e in estimates]  # fmt: skip
     markdown = (
         f"MiniLM, {args.precision}, AdamW, batch {args.batch_size} x seq {args.seq_len}, {threads} threads; "
-        "MB = MiB. Tensor accounting = weights + gradients + AdamW state + saved activations; RSS growth = "
-        "peak RSS minus RSS after imports, one process per method.\n\n"
+        "MB = MiB. Tensor accounting = weights + gradients + AdamW state + saved activations; peak allocated = "
+        "the most bytes of live tensors at any moment of a training step (forward, backward, optimizer step; "
+        "what CUDA's max_memory_allocated reports), from the profiler's allocation events; RSS growth = peak "
+        "RSS minus RSS after imports, one process per method (adds what the C allocator keeps after frees).\n\n"
         + common.markdown_table(
             [
                 "method",
@@ -194,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 "AdamW MB",
                 "activations MB",
                 "tensors MB",
+                "vs full",
+                "peak allocated MB",
                 "vs full",
                 "peak RSS MB",
                 "RSS growth MB",

@@ -44,6 +44,7 @@ RECIPE_DEFAULTS = {
     "save_total_limit": 2,
     "load_best_model_at_end": True,
     "metric_for_best_model": "exact_match",
+    "use_cache": True,  # Trainer copies this into config.use_cache: the per-epoch generation keeps its KV cache
     "logging_steps": 25,
     "report_to": "none",
 }

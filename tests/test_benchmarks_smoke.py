@@ -99,5 +99,6 @@ def test_assemble_fills_full_runs_only(tmp_path: Path) -> None:
     memory = text.split("<!-- bench:memory -->")[1].split("<!-- /bench:memory -->")[0]
     assert "| full table |" in flops
     template_memory = template.split("<!-- bench:memory -->")[1].split("<!-- /bench:memory -->")[0]
-    assert "smoke table" not in text and memory == template_memory  # a --quick result never replaces a section
+    # A --quick result never replaces a section.
+    assert "smoke table" not in text and memory == template_memory
     assert "Test CPU, 2 cores, bf16 support: yes" in text

@@ -142,6 +142,8 @@ def test_saved_folder_is_complete(run):
 
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["max_new_tokens"] == 16 and "max_length" not in generation
+    # Trainer turns config.use_cache off for training; the saved model must generate with the KV cache.
+    assert config["use_cache"] is True and generation.get("use_cache", True) is True
     assert set(generation["suppress_tokens"]).isdisjoint(
         tokenizer.convert_tokens_to_ids(gloss_tokens(tokenizer))
     )
@@ -159,11 +161,17 @@ def test_saved_folder_is_complete(run):
         "scratch",
         "remote-code",
     )
-    assert results["eval_split"] == "test" and results["dataset"] == "jsl-gloss-corpus"
+    assert results["eval_split"] == "test" and results["dataset"] == "hftune-jsl-corpus"
     assert set(results["metrics"]) == {"gloss_wer", "bleu", "chrf", "exact_match"}
     assert results["split_sizes"] == {"train": 320, "validation": 32, "test": 32}
     assert results["best_checkpoint_metric"] == pytest.approx(results["validation_metrics"]["chrf"])
     assert results["generation_speed"]["batched_greedy_sentences_per_second"] > 0
+    assert results["generation_latency_ms"] == pytest.approx(
+        1000 / results["generation_speed"]["batched_greedy_sentences_per_second"], rel=0.01
+    )
+    saved = [f for f in out.rglob("*") if not f.relative_to(out).parts[0].startswith(("checkpoint-", "."))]
+    sizes = sum(f.stat().st_size for f in saved if f.is_file())
+    assert results["disk_size_mb"] == pytest.approx(sizes / 2**20, rel=0.05)
     assert results["total_params"] == sum(p.numel() for p in model.parameters())
 
     index = {row["metric_type"]: row for row in read_model_index(out / "README.md")}

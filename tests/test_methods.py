@@ -27,6 +27,7 @@ from hftune.methods import (
     apply_lora,
     encoder_layers,
     head_parameter_names,
+    lora_target_modules,
 )
 from hftune.models import count_parameters
 from hftune.training import prepare_training_args
@@ -125,12 +126,17 @@ def test_freeze_rejects_more_layers_than_the_model_has(minilm_path):
         apply_freeze(model, FreezeArguments(freeze_layers=-7))
 
 
-def test_bitfit_refuses_a_model_without_biases():
+def tiny_llama_classifier():
+    """A decoder-only classifier without bias terms, of a type no recipe was written for."""
     config = LlamaConfig(
         vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=2, num_labels=2, pad_token_id=0,
     )  # fmt: skip
-    model = AutoModelForSequenceClassification.from_config(config)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def test_bitfit_refuses_a_model_without_biases():
+    model = tiny_llama_classifier()
     with pytest.raises(HftuneError, match="LlamaForSequenceClassification has no bias terms"):
         apply_bitfit(model)
 
@@ -171,6 +177,17 @@ def test_methods_select_parameters_generically(kind):
     # Everything else trainable is the (saved) copy of the head.
     assert all("modules_to_save" in n for n in names - set(body_lora))
     assert len(names - set(body_lora)) == len(head)
+    # Default targets: the attention query and value projections (peft's choice, the LoRA paper's).
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in body_lora}
+    assert adapted == ({"q_lin", "v_lin"} if kind == "distilbert" else {"query", "value"})
+
+
+def test_lora_targets_fall_back_to_every_linear_layer_and_obey_the_flag():
+    llama = tiny_llama_classifier()
+    assert lora_target_modules(llama, LoraArguments()) == ["q_proj", "v_proj"]  # peft's default for llama
+    llama.config.model_type = "unheard-of"
+    assert lora_target_modules(llama, LoraArguments()) == "all-linear"
+    assert lora_target_modules(llama, LoraArguments(lora_target_modules=["k_proj"])) == ["k_proj"]
 
 
 # --- frozen parameters stay out of training --------------------------------------------------------

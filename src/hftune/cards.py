@@ -188,6 +188,16 @@ outputs = model.generate(**inputs, num_beams=4, max_new_tokens=32)
 print(tokenizer.batch_decode(outputs, skip_special_tokens=True))'''
     if task == "instruction-tuning":
         auto_class = "AutoPeftModelForCausalLM" if artifact == "adapter" else "AutoModelForCausalLM"
+        # The prompt the model was trained on (rendered by the recipe's own code): Alpaca or chat template.
+        from hftune.instruct import JSL_INSTRUCTION, render_alpaca_prompt, user_text
+
+        example = {"instruction": JSL_INSTRUCTION, "input": "ありがとう"}
+        if hyperparameters.get("prompt_format", "alpaca") == "chat":
+            prompt = f"""messages = [{{"role": "user", "content": {user_text(example)!r}}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)"""
+        else:
+            prompt = f"""prompt = {render_alpaca_prompt(JSL_INSTRUCTION, "ありがとう")!r}
+inputs = tokenizer(prompt, return_tensors="pt")"""
         module = "peft" if artifact == "adapter" else "transformers"
         return f'''from {module} import {auto_class}
 from transformers import AutoTokenizer
@@ -196,8 +206,7 @@ repo = "{repo_id}"
 tokenizer = AutoTokenizer.from_pretrained(repo)
 model = {auto_class}.from_pretrained(repo)
 
-messages = [{{"role": "user", "content": "What is the capital of France?"}}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+{prompt}
 outputs = model.generate(**inputs, max_new_tokens=64)
 print(tokenizer.decode(outputs[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))'''
     classify = """inputs = tokenizer("I can't wait to see them again!", return_tensors="pt")

@@ -114,12 +114,19 @@ class DataArguments:
 class LoraArguments:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Dropout on the LoRA input. 0 (peft's default) saves no dropped-out copy of each adapted "
+            "layer's input for backward."
+        },
+    )
     lora_target_modules: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Module names to adapt, e.g. query value. Default: every linear layer of the "
-            "transformer body (peft's `all-linear`), the task head excluded."
+            "help": "Module names to adapt, e.g. query value, or all-linear. Default: peft's choice for the "
+            "architecture (query and value attention projections for BERT/RoBERTa/DistilBERT), else every "
+            "linear layer of the body; the task head is never adapted (it is trained fully)."
         },
     )
     load_in_4bit: bool = field(

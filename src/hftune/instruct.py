@@ -31,7 +31,6 @@ import torch
 from hftune.errors import HftuneError
 
 JSL_DATASET = "jsl"
-JSL_DATASET_ID = "hftune-jsl-corpus"
 JSL_INSTRUCTION = "次の日本語を日本手話のグロスに翻訳してください"
 PROMPT_FORMATS = ("alpaca", "chat")
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
@@ -134,7 +133,7 @@ def render_alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A00
     return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
 
 
-def _user_text(record: Mapping[str, Any]) -> str:
+def user_text(record: Mapping[str, Any]) -> str:
     extra = record.get("input") or ""
     return f"{record['instruction']}\n\n{extra}" if extra.strip() else str(record["instruction"])
 
@@ -143,7 +142,7 @@ def record_messages(record: Mapping[str, Any]) -> tuple[list[dict], str]:
     """(prompt messages, assistant response) of an Alpaca or `messages` record."""
     messages = record.get("messages")
     if messages is None:
-        return [{"role": "user", "content": _user_text(record)}], str(record.get("output") or "")
+        return [{"role": "user", "content": user_text(record)}], str(record.get("output") or "")
     if not messages or messages[-1].get("role") != "assistant":
         raise HftuneError(
             f"a `messages` record ends with role {messages[-1].get('role') if messages else None!r}; "
@@ -334,11 +333,11 @@ def load_instruction_splits(args: InstructionDataArguments, seed: int = 42):
             "--validation_file/--test_file were given without --train_file; pass --train_file too"
         )
     elif args.dataset_name == JSL_DATASET:
-        from hftune.jsl.corpus import load_jsl_corpus
+        from hftune.jsl.corpus import CORPUS_NAME, load_jsl_corpus
 
         corpus = load_jsl_corpus()
         splits = {name: Dataset.from_list(jsl_records(corpus[name])) for name in corpus}
-        source = JSL_DATASET_ID
+        source = CORPUS_NAME
     elif args.dataset_name:
         from hftune.models import fail_fast_when_hub_unreachable
 
@@ -581,6 +580,8 @@ def run_instruction_tuning(
     from transformers import Trainer
 
     from hftune.hardware import MemoryCallback
+    from hftune.jsl.corpus import CORPUS_NAME
+    from hftune.methods import lora_target_modules
     from hftune.metrics import gloss_metrics
     from hftune.models import EMBEDDED_CAUSAL_LM_HUB_ID, count_parameters
     from hftune.plots import plot_training_curves
@@ -671,8 +672,8 @@ def run_instruction_tuning(
         "base_model_path": base_model,
         "base_model_embedded": base_model_embedded,
         "dataset": dataset,
-        "language": ["ja"] if dataset == JSL_DATASET_ID else [],
-        "instruction": JSL_INSTRUCTION if dataset == JSL_DATASET_ID else None,
+        "language": ["ja"] if dataset == CORPUS_NAME else [],
+        "instruction": JSL_INSTRUCTION if dataset == CORPUS_NAME else None,
         "eval_split": eval_split,
         "split_sizes": {name: len(split) for name, split in splits.items()},
         "metrics": metrics,
@@ -713,7 +714,7 @@ def run_instruction_tuning(
                     "lora_r": lora_args.lora_r,
                     "lora_alpha": lora_args.lora_alpha,
                     "lora_dropout": lora_args.lora_dropout,
-                    "lora_target_modules": lora_args.lora_target_modules or "all-linear",
+                    "lora_target_modules": lora_target_modules(trainer.model, lora_args),
                     "load_in_4bit": lora_args.load_in_4bit,
                 }
                 if artifact == "adapter"

@@ -31,7 +31,12 @@ from hftune.results import RESULTS_FILE, read_results
 # model's layer count. Adding a method to the leaderboard is one entry here.
 METHOD_RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "features": ("sentiment_features.py", ("--classifier", "logreg")),
-    "freeze": ("sentiment_freeze.py", ("--freeze_embeddings", "--freeze_layers", "{lower_half}")),
+    # With the embeddings and lower half frozen, the recipe's full-fine-tuning rate (8e-5) leaves it at 0.913
+    # on emotion after 2 epochs; the upper half takes a higher one.
+    "freeze": (
+        "sentiment_freeze.py",
+        ("--freeze_embeddings", "--freeze_layers", "{lower_half}", "--learning_rate", "2e-4"),
+    ),
     "full": ("sentiment_freeze.py", ()),
     "lora": ("sentiment_lora.py", ()),
     "bitfit": ("sentiment_bitfit.py", ()),
@@ -76,7 +81,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("samples_per_s", "samples/s", True, _fixed(2)),
     Column("peak_memory_mb", "peak memory (MB)", False, _fixed(0)),
     Column("disk_size_mb", "disk size (MB)", False, _fixed(2)),
-    Column("generation_latency_ms", "generation latency (ms)", False, _fixed(1), always=False),
+    # batched greedy generation over the held-out split, wall time per sentence (both generative recipes)
+    Column("generation_latency_ms", "generation ms/sentence", False, _fixed(1), always=False),
 )
 _COLUMNS_BY_KEY = {column.key: column for column in COLUMNS}
 

@@ -117,6 +117,25 @@ def apply_features(model: nn.Module, args=None) -> nn.Module:
     return model
 
 
+# peft's per-architecture default (query/value for BERT-style models, as in the LoRA paper) lacks DistilBERT.
+EXTRA_LORA_TARGETS: dict[str, list[str]] = {"distilbert": ["q_lin", "v_lin"]}
+
+
+def lora_target_modules(model: nn.Module, args: LoraArguments) -> list[str] | str:
+    """--lora_target_modules if given, else peft's default for the architecture, else every linear layer.
+
+    Attention-only targets keep LoRA's activation memory below full fine-tuning's: adapting the feed-forward
+    output layer would make autograd save its wide (4 x hidden) input for the LoRA gradient.
+    """
+    if args.lora_target_modules:
+        return args.lora_target_modules
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    targets = PEFT_DEFAULTS.get(model_type) or EXTRA_LORA_TARGETS.get(model_type)
+    return list(targets) if targets else "all-linear"
+
+
 def lora_config(model: nn.Module, args: LoraArguments, task_type: str = "SEQ_CLS"):
     from peft import LoraConfig
 
@@ -130,7 +149,7 @@ def lora_config(model: nn.Module, args: LoraArguments, task_type: str = "SEQ_CLS
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
-        target_modules=args.lora_target_modules or "all-linear",
+        target_modules=lora_target_modules(model, args),
         exclude_modules=inside_head or None,
         modules_to_save=head or None,
     )

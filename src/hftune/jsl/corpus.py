@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 CORPUS_DIR: Path = Path(__file__).resolve().parent / "data"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+CORPUS_NAME = "hftune-jsl-corpus"  # how results, cards and leaderboards name the shipped corpus
 LEXICON_FILE = CORPUS_DIR / "lexicon.yaml"
 HAND_WRITTEN_FILE = CORPUS_DIR / "hand_written.tsv"
 

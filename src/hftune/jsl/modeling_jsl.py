@@ -67,7 +67,10 @@ def causal_mask(
 
 class JslAttention(nn.Module):
     """Multi-head scaled dot-product attention: self-attention, or cross-attention when `key_value_states`
-    (the encoder output) is given. Decoder instances read and extend the KV cache of their `layer_idx`."""
+    (the encoder output) is given. Decoder instances read and extend the KV cache of their `layer_idx`.
+
+    Runs torch's fused `scaled_dot_product_attention` (one kernel instead of ~8 small ops: what dominates a
+    cached one-token decoding step), or the explicit softmax when the attention weights are asked for."""
 
     def __init__(self, config: JslSeq2SeqConfig, layer_idx: int | None = None) -> None:
         super().__init__()
@@ -91,7 +94,8 @@ class JslAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         key_value_states: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         is_cross = key_value_states is not None
         query = self._heads(self.q_proj(hidden_states))
         if is_cross and past_key_values is not None and past_key_values.is_updated.get(self.layer_idx, False):
@@ -109,6 +113,16 @@ class JslAttention(nn.Module):
                 else:
                     key, value = past_key_values.self_attention_cache.update(key, value, self.layer_idx)
 
+        if not output_attentions:
+            output = nn.functional.scaled_dot_product_attention(
+                query,
+                key,
+                value,
+                attn_mask=attention_mask,
+                dropout_p=self.attention_dropout if self.training else 0.0,
+                scale=self.scaling,
+            )
+            return self.out_proj(output.transpose(1, 2).reshape(hidden_states.shape)), None
         scores = torch.matmul(query, key.transpose(-1, -2)) * self.scaling
         if attention_mask is not None:
             scores = scores + attention_mask
@@ -144,9 +158,14 @@ class JslEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        attended, weights = self.self_attn(self.self_attn_layer_norm(hidden_states), attention_mask)
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.self_attn(
+            self.self_attn_layer_norm(hidden_states), attention_mask, output_attentions=output_attentions
+        )
         hidden_states = hidden_states + self.dropout(attended)
         hidden_states = hidden_states + self.dropout(self.feed_forward(self.final_layer_norm(hidden_states)))
         return hidden_states, weights
@@ -172,9 +191,13 @@ class JslDecoderLayer(nn.Module):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
         past_key_values: EncoderDecoderCache | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         attended, self_weights = self.self_attn(
-            self.self_attn_layer_norm(hidden_states), self_attention_mask, past_key_values=past_key_values
+            self.self_attn_layer_norm(hidden_states),
+            self_attention_mask,
+            past_key_values=past_key_values,
+            output_attentions=output_attentions,
         )
         hidden_states = hidden_states + self.dropout(attended)
         attended, cross_weights = self.cross_attn(
@@ -182,6 +205,7 @@ class JslDecoderLayer(nn.Module):
             encoder_attention_mask,
             key_value_states=encoder_hidden_states,
             past_key_values=past_key_values,
+            output_attentions=output_attentions,
         )
         hidden_states = hidden_states + self.dropout(attended)
         hidden_states = hidden_states + self.dropout(self.feed_forward(self.final_layer_norm(hidden_states)))
@@ -222,7 +246,7 @@ class JslEncoder(nn.Module):
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden.append(hidden_states)
-            hidden_states, weights = layer(hidden_states, mask)
+            hidden_states, weights = layer(hidden_states, mask, output_attentions=bool(output_attentions))
             if output_attentions:
                 all_attentions.append(weights)
         hidden_states = self.layer_norm(hidden_states)
@@ -246,6 +270,19 @@ class JslDecoder(nn.Module):
             [JslDecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)]
         )
         self.layer_norm = nn.LayerNorm(config.d_model)
+        self._position_table: torch.Tensor | None = None  # not a buffer: never saved, rebuilt on demand
+
+    def positions(self, start: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Rows start..start+length of the sinusoid table, computed once per device/dtype instead of at every
+        decoding step (the same values: each row depends on its position only)."""
+        table = self._position_table
+        if table is None or table.shape[0] < start + length or table.dtype != dtype or table.device != device:
+            size = max(start + length, self.config.max_target_length + 2)
+            # A normal tensor even when first built under inference_mode, so training can use it later.
+            with torch.inference_mode(False), torch.no_grad():
+                table = sinusoidal_positions(torch.arange(size, device=device), self.config.d_model, dtype)
+            self._position_table = table
+        return table[start : start + length]
 
     def forward(
         self,
@@ -259,9 +296,8 @@ class JslDecoder(nn.Module):
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         query_len = inputs_embeds.shape[1]
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        positions = torch.arange(past_len, past_len + query_len, device=inputs_embeds.device)
         hidden_states = self.dropout(
-            inputs_embeds + sinusoidal_positions(positions, self.config.d_model, inputs_embeds.dtype)
+            inputs_embeds + self.positions(past_len, query_len, inputs_embeds.dtype, inputs_embeds.device)
         )
         if query_len == 1 and attention_mask is None:
             self_mask = None  # one cached decoding step may see every key: skip building a mask per step
@@ -277,7 +313,12 @@ class JslDecoder(nn.Module):
             if output_hidden_states:
                 all_hidden.append(hidden_states)
             hidden_states, self_weights, cross_weights = layer(
-                hidden_states, self_mask, encoder_hidden_states, cross_mask, past_key_values
+                hidden_states,
+                self_mask,
+                encoder_hidden_states,
+                cross_mask,
+                past_key_values,
+                output_attentions,
             )
             if output_attentions:
                 self_attentions.append(self_weights)
