@@ -188,6 +188,7 @@ def test_lora_targets_fall_back_to_every_linear_layer_and_obey_the_flag():
     llama.config.model_type = "unheard-of"
     assert lora_target_modules(llama, LoraArguments()) == "all-linear"
     assert lora_target_modules(llama, LoraArguments(lora_target_modules=["k_proj"])) == ["k_proj"]
+    assert lora_target_modules(llama, LoraArguments(lora_target_modules=["all-linear"])) == "all-linear"
 
 
 # --- frozen parameters stay out of training --------------------------------------------------------

@@ -127,6 +127,8 @@ def lora_target_modules(model: nn.Module, args: LoraArguments) -> list[str] | st
     Attention-only targets keep LoRA's activation memory below full fine-tuning's: adapting the feed-forward
     output layer would make autograd save its wide (4 x hidden) input for the LoRA gradient.
     """
+    if args.lora_target_modules == ["all-linear"]:
+        return "all-linear"  # peft's keyword, not a module name
     if args.lora_target_modules:
         return args.lora_target_modules
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
