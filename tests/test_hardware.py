@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -166,10 +167,13 @@ def test_memory_callback_adds_peak_to_logs(tmp_path: Path) -> None:
 
 
 _PROBE = """
+import json, pathlib
 import torch
 from transformers import TrainingArguments
 args = TrainingArguments(output_dir={out!r}, use_cpu=True, report_to=[])
-print(f"PROBE rank={{args.process_index}} world={{args.world_size}} threads={{torch.get_num_threads()}}", flush=True)
+probe = dict(rank=args.process_index, world=args.world_size, threads=torch.get_num_threads())
+# One file per process: the workers share one stdout, where lines can interleave.
+pathlib.Path({out!r}, f"probe_{{args.process_index}}.json").write_text(json.dumps(probe))
 if torch.distributed.is_initialized():
     torch.distributed.destroy_process_group()
 """
@@ -177,7 +181,9 @@ if torch.distributed.is_initialized():
 
 def _launch(config: str, tmp_path: Path) -> list[dict[str, int]]:
     script = tmp_path / "probe.py"
-    script.write_text(_PROBE.format(out=str(tmp_path / "out")))
+    out = tmp_path / "out"
+    out.mkdir()
+    script.write_text(_PROBE.format(out=str(out)))
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     proc = subprocess.run(
         [
@@ -194,11 +200,7 @@ def _launch(config: str, tmp_path: Path) -> list[dict[str, int]]:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return [
-        {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
-        for line in proc.stdout.splitlines()
-        if line.startswith("PROBE")
-    ]
+    return [json.loads(p.read_text()) for p in sorted(out.glob("probe_*.json"))]
 
 
 def test_cpu_config_uses_all_physical_cores(tmp_path: Path) -> None:
