@@ -10,7 +10,7 @@ What the recipes do, timed piece by piece on emotion with MiniLM:
 - loading + collation: the Trainer's own training DataLoader (`Trainer.get_train_dataloader`: length-grouped
   sampler, row fetch from the Arrow table, column removal, `DataCollatorWithPadding`), median time per batch;
 - the training step (forward, backward, AdamW) on those same batches, full fine-tuning, bf16 autocast where
-  the CPU supports it (the recipe's decision), median over batches after warm-up.
+  the recipe picks it (`hftune.hardware.decide_precision`: AMX or Arm BF16), median over batches after warm-up.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenized = tokenize_splits(train, tokenizer, args.max_seq_length)["train"]
     per_sample = common.median(tokenize_times) / len(tokenized)
 
-    bf16 = common.cpu_supports_bf16()
+    bf16 = common.cpu_fast_bf16_matmul()  # as hftune.hardware.decide_precision picks for the recipes
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(data.label_names))
     with tempfile.TemporaryDirectory() as tmp:
         training_args = TrainingArguments(
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             batches.append(batch)
 
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # the Trainer's default
     step_times = []
     for batch in batches:
         started = time.perf_counter()

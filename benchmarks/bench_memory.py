@@ -3,13 +3,15 @@
     python benchmarks/bench_memory.py           # full run, ~5-8 min on 2 cores
     python benchmarks/bench_memory.py --quick   # smoke run, ~30 s, figures meaningless
 
-Part A, peak memory per method at equal batch (`--batch_size` x `--seq_len`, fp32, AdamW) on MiniLM, each
+Part A, peak memory per method at equal batch (`--batch_size` x each of `--seq_lens`, fp32, AdamW) on MiniLM, each
 method in its own process so that peak RSS (ru_maxrss) belongs to that method alone: peak RSS, its growth
 over the process after imports, tensor accounting (weights + gradients + AdamW state after real steps + the
 bytes autograd saved for backward in one step), and the peak of live tensors over a whole step (the CPU
 counterpart of CUDA's max_memory_allocated). Methods are applied with hftune.methods as the recipes apply
 them: full; freeze = embeddings + lower 3 of 6 layers; LoRA = the recipe defaults (r 8, peft's query/value
-targets, head trained); BitFit = every bias + head. Issue 8 target: LoRA and BitFit <= 0.7x full.
+targets, head trained); BitFit = every bias + head. Issue 8 target: LoRA and BitFit <= 0.7x full. Default
+lengths: 128 (the user's fixed padding) and the longest emotion training text in MiniLM tokens, which is what
+a leaderboard run on emotion peaks at: length grouping puts the longest texts in the first batch of an epoch.
 
 Part B, `hftune.memory.estimate_training_memory` (weights + gradients + optimizer + activations) against the
 same tensor accounting at three batch sizes, per method (issue 7 target: within 15%).
@@ -122,19 +124,29 @@ def worker(args) -> int:
     before = peak_rss_mb()
     model = prepared_model(args.model or embedded_encoder_path(), args.worker, args.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    (seq_len,) = args.seq_lens
     parts = tensor_accounting(
-        model, args.batch_size, args.seq_len, args.precision, args.steps, args.seed, measure_peak=True
+        model, args.batch_size, seq_len, args.precision, args.steps, args.seed, measure_peak=True
     )
     peak = peak_rss_mb()
-    print(json.dumps({"method": args.worker, "rss_before_mb": before, "peak_rss_mb": peak,
+    print(json.dumps({"method": args.worker, "seq_len": seq_len, "rss_before_mb": before, "peak_rss_mb": peak,
                       "rss_growth_mb": peak - before, "trainable_params": trainable,
                       "tensors": parts}))  # fmt: skip
     return 0
 
 
-def run_worker(method: str, args) -> dict:
+def longest_emotion_text(model_path: str) -> int:
+    """Tokens of the longest emotion training text: the padded length of a length-grouped epoch's peak batch."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    texts = list(common.load_emotion(common.EMOTION_DIR, None, None, 0).splits["train"]["text"])
+    return max(len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"])
+
+
+def run_worker(method: str, seq_len: int, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, "--batch_size", str(args.batch_size),
-           "--seq_len", str(args.seq_len), "--steps", str(args.steps), "--precision", args.precision,
+           "--seq_lens", str(seq_len), "--steps", str(args.steps), "--precision", args.precision,
            "--seed", str(args.seed)]  # fmt: skip
     if args.model:
         cmd += ["--model", args.model]
@@ -155,7 +167,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--model", default=None, help="encoder folder or Hub id (default: the embedded MiniLM)"
     )
     parser.add_argument("--batch_size", type=int, default=32, help="the equal batch of part A")
-    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument(
+        "--seq_lens",
+        type=int,
+        nargs="+",
+        default=None,
+        help="sequence lengths of part A (default: 128 and the longest emotion training text); "
+        "the estimator uses the first",
+    )
     parser.add_argument("--estimator_batches", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--steps", type=int, default=3, help="training steps before accounting (part A)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -163,7 +182,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.batch_size, args.seq_len, args.estimator_batches, args.steps = 2, 32, [1, 2, 4], 1
+        args.batch_size, args.seq_lens, args.estimator_batches, args.steps = 2, [32], [1, 2, 4], 1
     return args
 
 
@@ -174,11 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
     threads = common.setup(args.threads, args.seed)
     model_path = args.model or embedded_encoder_path()
+    seq_lens = args.seq_lens or [128, longest_emotion_text(model_path)]
+    seq_len = seq_lens[0]
 
     per_method = []
-    for method in args.methods:
-        per_method.append(run_worker(method, args))
-        print(f"{method}: peak RSS {per_method[-1]['peak_rss_mb']:.0f} MB", flush=True)
+    for seq in seq_lens:
+        for method in args.methods:
+            per_method.append(run_worker(method, seq, args))
+            print(f"{method} seq {seq}: peak RSS {per_method[-1]['peak_rss_mb']:.0f} MB", flush=True)
 
     estimates = []
     for method in args.methods:
@@ -188,11 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             estimate = estimate_training_memory(
                 model,
                 batch_size=batch,
-                seq_len=args.seq_len,
+                seq_len=seq_len,
                 precision=args.precision,
                 activation_profile=profile,
             )
-            measured = tensor_accounting(model, batch, args.seq_len, args.precision, 1, args.seed)
+            measured = tensor_accounting(model, batch, seq_len, args.precision, 1, args.seed)
             error = (estimate.tensors_bytes - measured["total"]) / measured["total"]
             estimates.append({"method": method, "batch_size": batch, "estimate_bytes": estimate.tensors_bytes,
                               "measured_bytes": measured["total"], "relative_error": error,
@@ -204,14 +226,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"estimate {method} batch {batch}: {error:+.1%}", flush=True)
         del model
 
-    full = next((r for r in per_method if r["method"] == "full"), None)
     rows_a = []
     for r in per_method:
+        full = next((f for f in per_method if f["method"] == "full" and f["seq_len"] == r["seq_len"]), None)
         t = r["tensors"]
         ratio = r["tensors"]["total"] / full["tensors"]["total"] if full else float("nan")
         rss_ratio = r["rss_growth_mb"] / full["rss_growth_mb"] if full else float("nan")
         peak_ratio = t["peak_allocated"] / full["tensors"]["peak_allocated"] if full else float("nan")
-        rows_a.append([r["method"], f"{r['trainable_params']:,}", t["weights"] / MIB, t["gradients"] / MIB,
+        rows_a.append([r["method"], r["seq_len"], f"{r['trainable_params']:,}", t["weights"] / MIB, t["gradients"] / MIB,
                        t["optimizer"] / MIB, t["activations"] / MIB, t["total"] / MIB, f"{ratio:.2f}x",
                        t["peak_allocated"] / MIB, f"{peak_ratio:.2f}x",
                        r["peak_rss_mb"], r["rss_growth_mb"], f"{rss_ratio:.2f}x"])  # fmt: skip
@@ -219,14 +241,21 @@ def main(argv: list[str] | None = None) -> int:
                f"{e['relative_error']:+.1%}", "yes" if abs(e["relative_error"]) <= 0.15 else "NO"]
               for e in estimates]  # fmt: skip
     markdown = (
-        f"MiniLM, {args.precision}, AdamW, batch {args.batch_size} x seq {args.seq_len}, {threads} threads; "
-        "MB = MiB. Tensor accounting = weights + gradients + AdamW state + saved activations; peak allocated = "
+        f"MiniLM, {args.precision}, AdamW, batch {args.batch_size}, {threads} threads; "
+        + (
+            f"seq {seq_lens[-1]} = the longest emotion training text, the peak batch of a length-grouped "
+            "emotion epoch; "
+            if args.seq_lens is None
+            else ""
+        )
+        + "MB = MiB. Tensor accounting = weights + gradients + AdamW state + saved activations; peak allocated = "
         "the most bytes of live tensors at any moment of a training step (forward, backward, optimizer step; "
         "what CUDA's max_memory_allocated reports), from the profiler's allocation events; RSS growth = peak "
         "RSS minus RSS after imports, one process per method (adds what the C allocator keeps after frees).\n\n"
         + common.markdown_table(
             [
                 "method",
+                "seq",
                 "trainable",
                 "weights MB",
                 "grads MB",
@@ -242,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             rows_a,
         )  # fmt: skip
-        + f"\n\nEstimator (`hftune.memory.estimate_training_memory`) vs tensor accounting, seq {args.seq_len} "
+        + f"\n\nEstimator (`hftune.memory.estimate_training_memory`) vs tensor accounting, seq {seq_len} "
         "(issue 7 target: within 15%):\n\n"
         + common.markdown_table(
             ["method", "batch", "estimate MB", "measured MB", "error", "within 15%"], rows_b
@@ -253,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     common.bar_chart(
         args.output_dir / "memory.png",
-        [r["method"] for r in per_method],
-        [r["tensors"]["total"] / MIB for r in per_method],
-        "training tensors (MiB)",
-        f"Peak training tensors, batch {args.batch_size} x {args.seq_len}",
+        [f"{r['method']} (seq {r['seq_len']})" for r in per_method],
+        [r["tensors"]["peak_allocated"] / MIB for r in per_method],
+        "peak allocated (MiB)",
+        f"Peak of live tensors in a training step, batch {args.batch_size}",
     )
     return 0
 

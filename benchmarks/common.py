@@ -104,6 +104,12 @@ def cpu_supports_bf16() -> bool:
     return detect_hardware().cpu_supports_bf16
 
 
+def cpu_fast_bf16_matmul() -> bool:
+    from hftune.hardware import detect_hardware
+
+    return detect_hardware().cpu_fast_bf16_matmul
+
+
 def machine_info() -> dict[str, Any]:
     import transformers
 
@@ -112,6 +118,7 @@ def machine_info() -> dict[str, Any]:
         "cores": available_cores(),
         "threads_used": torch.get_num_threads(),
         "cpu_bf16": cpu_supports_bf16(),
+        "cpu_fast_bf16_matmul": cpu_fast_bf16_matmul(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
@@ -236,7 +243,8 @@ def assemble(results_dir: Path, target: Path) -> None:
     if newest is not None:
         m = newest["machine"]
         lines = [
-            f"- CPU: {m['cpu']}, {m['cores']} cores, bf16 support: {'yes' if m['cpu_bf16'] else 'no'}",
+            f"- CPU: {m['cpu']}, {m['cores']} cores, bf16 support: {'yes' if m['cpu_bf16'] else 'no'}, "
+            f"fast bf16 matmuls (AMX / Arm BF16): {'yes' if m.get('cpu_fast_bf16_matmul') else 'no'}",
             f"- torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}",
             f"- threads pinned: {m['threads_used']}; platform: {m['platform']}",
             f"- assembled on {time.strftime('%Y-%m-%d')}; each table names the command that produced it",

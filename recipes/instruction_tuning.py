@@ -13,7 +13,7 @@ compares both. `hftune generate --model outputs/instruction_tuning --input „ÅÇ„Ç
 The defaults are sized to finish in about 10 minutes on 2 CPU cores: 1 epoch over a seeded random subset
 of 800 training examples (`--max_train_samples`; -1 trains on all of them, 2,443 for the JSL corpus),
 sequences of at most 128 tokens (the JSL prompts are short; longer ones lose the start of the prompt),
-batch 8, bf16 autocast where the CPU supports it, and generation scored on 100 held-out examples
+batch 8, bf16 autocast where it beats fp32 on the CPU, and generation scored on 100 held-out examples
 (`--max_eval_samples`; -1 for the whole split) with up to 48 new tokens (the longest JSL answer is ~50).
 """
 

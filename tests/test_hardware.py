@@ -33,6 +33,8 @@ A100 = HardwareInfo("cuda", (8, 0), 40 * 2**30, "A100", "2.13.0", None, False, 3
 MAC_OLD_TORCH = HardwareInfo("mps", torch_version="2.4.1", macos_version="14.5", cpu_count=8)
 MAC_TORCH_25_VENTURA = HardwareInfo("mps", torch_version="2.5.1", macos_version="13.6", cpu_count=8)
 MAC_NEW = HardwareInfo("mps", torch_version="2.6.0", macos_version="14.2", cpu_count=8)
+CPU_AMX = HardwareInfo("cpu", cpu_supports_bf16=True, cpu_fast_bf16_matmul=True, cpu_count=2)
+# avx512_bf16 without AMX (this machine): bf16 runs, but slower than fp32
 CPU_BF16 = HardwareInfo("cpu", cpu_supports_bf16=True, cpu_count=2, bitsandbytes_available=True)
 CPU_PLAIN = HardwareInfo("cpu", cpu_supports_bf16=False, cpu_count=2, bitsandbytes_available=True)
 
@@ -50,7 +52,9 @@ CPU_PLAIN = HardwareInfo("cpu", cpu_supports_bf16=False, cpu_count=2, bitsandbyt
         (MAC_TORCH_25_VENTURA, {}, "fp16"),
         (MAC_NEW, {}, "bf16"),
         (MAC_NEW, {"requested": "bf16"}, "bf16"),
-        (CPU_BF16, {}, "bf16"),
+        (CPU_AMX, {}, "bf16"),
+        (CPU_BF16, {}, "fp32"),
+        (CPU_BF16, {"requested": "bf16"}, "bf16"),
         (CPU_PLAIN, {}, "fp32"),
         (CPU_BF16, {"requested": "fp32"}, "fp32"),
     ],
@@ -133,6 +137,7 @@ def test_detect_hardware_on_this_machine() -> None:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     if flags:
         assert hw.cpu_supports_bf16 == bool(re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", flags))
+        assert hw.cpu_fast_bf16_matmul == bool(re.search(r"\b(amx_bf16|bf16)\b", flags))
     decision = decide_precision(hw)
     assert decision.precision in ("fp32", "fp16", "bf16")
 

@@ -38,7 +38,7 @@ class ModelArguments:
         default="auto",
         metadata={
             "help": "auto | fp32 | fp16 | bf16. `auto` picks what the hardware supports (bf16 on Ampere+ GPUs "
-            "and bf16-capable CPUs, fp16 on older GPUs, else fp32) and prints why.",
+            "and CPUs with AMX / Arm BF16, fp16 on older GPUs, else fp32) and prints why.",
             "choices": ["auto", "fp32", "fp16", "bf16"],
         },
     )

@@ -34,6 +34,10 @@ FP16_OVERFLOW_MODEL_TYPES = frozenset({"t5", "mt5", "umt5", "longt5", "switch_tr
 # CPU flags that mean native bf16 arithmetic (x86 AVX512-BF16 / AMX, Arm BF16). Without them bf16
 # autocast still runs but is emulated and slower than fp32.
 _CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+# Flags under which bf16 matmuls actually beat fp32: AMX tiles on x86, BFMMLA on Arm. AVX512-BF16 alone only
+# adds dot-product instructions; measured on such a Xeon, torch's bf16 matmul ran at half the fp32 FLOP/s
+# and a MiniLM training step took 1.3x longer under bf16 autocast (BENCHMARKS.md, sections 1-2).
+_CPU_FAST_BF16_FLAGS = frozenset({"amx_bf16", "bf16"})
 
 
 @dataclass
@@ -46,9 +50,10 @@ class HardwareInfo:
     gpu_name: str | None = None
     torch_version: str = torch.__version__
     macos_version: str | None = None
-    cpu_supports_bf16: bool = False
+    cpu_supports_bf16: bool = False  # bf16 runs natively (may still be slower than fp32)
     cpu_count: int = 1
     bitsandbytes_available: bool = False
+    cpu_fast_bf16_matmul: bool = False  # bf16 matmuls are faster than fp32 (AMX / Arm BF16)
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -83,10 +88,12 @@ def _cpu_flags() -> set[str]:
 
 def detect_hardware() -> HardwareInfo:
     """Describe this machine: CUDA first, then MPS, then CPU."""
+    cpu_flags = _cpu_flags()
     info = HardwareInfo(
         torch_version=torch.__version__,
         cpu_count=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-        cpu_supports_bf16=bool(_cpu_flags() & _CPU_BF16_FLAGS),
+        cpu_supports_bf16=bool(cpu_flags & _CPU_BF16_FLAGS),
+        cpu_fast_bf16_matmul=bool(cpu_flags & _CPU_FAST_BF16_FLAGS),
         bitsandbytes_available=importlib.util.find_spec("bitsandbytes") is not None,
     )
     mac_release = platform.mac_ver()[0]
@@ -239,7 +246,7 @@ def decide_precision(
         if requested == "fp16":
             raise HftuneError(
                 "--precision fp16 on CPU is a silent no-op in Trainer (it trains in fp32); "
-                "use --precision auto (bf16 where the CPU supports it) or fp32."
+                "use --precision auto (bf16 where it is faster on this CPU) or fp32."
             )
         if requested == "bf16" and not hw.cpu_supports_bf16:
             raise HftuneError(
@@ -249,9 +256,18 @@ def decide_precision(
         if requested == "fp32":
             precision = "fp32"
             reasons.append("fp32 as requested on CPU")
-        elif hw.cpu_supports_bf16:
+        elif requested == "bf16":
             precision = "bf16"
-            reasons.append("CPU has native bf16 (avx512_bf16/AMX/Arm BF16): bf16 autocast")
+            reasons.append("bf16 autocast as requested on a CPU with native bf16")
+        elif hw.cpu_fast_bf16_matmul:
+            precision = "bf16"
+            reasons.append("CPU has fast bf16 matmuls (AMX / Arm BF16): bf16 autocast")
+        elif hw.cpu_supports_bf16:
+            precision = "fp32"
+            reasons.append(
+                "CPU has avx512_bf16 but no AMX: bf16 matmuls run slower than fp32 there, so fp32 "
+                "(--precision bf16 to force it)"
+            )
         else:
             precision = "fp32"
             reasons.append("CPU without native bf16: fp32")

@@ -69,8 +69,8 @@ class JslAttention(nn.Module):
     """Multi-head scaled dot-product attention: self-attention, or cross-attention when `key_value_states`
     (the encoder output) is given. Decoder instances read and extend the KV cache of their `layer_idx`.
 
-    Runs torch's fused `scaled_dot_product_attention` (one kernel instead of ~8 small ops: what dominates a
-    cached one-token decoding step), or the explicit softmax when the attention weights are asked for."""
+    Runs torch's fused `scaled_dot_product_attention` over whole sequences, and the explicit softmax for a
+    cached one-token decoding step or when the attention weights are asked for."""
 
     def __init__(self, config: JslSeq2SeqConfig, layer_idx: int | None = None) -> None:
         super().__init__()
@@ -113,7 +113,9 @@ class JslAttention(nn.Module):
                 else:
                     key, value = past_key_values.self_attention_cache.update(key, value, self.layer_idx)
 
-        if not output_attentions:
+        # The fused kernel for training and whole sequences; a cached decoding step (one query per sequence)
+        # runs the explicit softmax instead: three small ops cost less than the fused kernel's set-up on CPU.
+        if not output_attentions and query.shape[-2] > 1:
             output = nn.functional.scaled_dot_product_attention(
                 query,
                 key,
@@ -130,7 +132,7 @@ class JslAttention(nn.Module):
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         probs = nn.functional.dropout(weights, p=self.attention_dropout, training=self.training)
         output = torch.matmul(probs, value).transpose(1, 2).reshape(hidden_states.shape)
-        return self.out_proj(output), weights
+        return self.out_proj(output), weights if output_attentions else None
 
 
 class JslFeedForward(nn.Module):
