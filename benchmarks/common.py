@@ -9,6 +9,7 @@ only takes effect before torch starts its pools. Every script calls `setup()` fi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -98,16 +99,21 @@ def cpu_model_name() -> str:
     return platform.processor() or "unknown"
 
 
-def cpu_supports_bf16() -> bool:
+@functools.cache
+def _hardware():
     from hftune.hardware import detect_hardware
 
-    return detect_hardware().cpu_supports_bf16
+    return detect_hardware()
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 runs natively on this CPU (it may still be slower than fp32)."""
+    return _hardware().cpu_supports_bf16
 
 
 def cpu_fast_bf16_matmul() -> bool:
-    from hftune.hardware import detect_hardware
-
-    return detect_hardware().cpu_fast_bf16_matmul
+    """bf16 matmuls beat fp32 here (AMX / Arm BF16): where the recipes train under bf16 autocast."""
+    return _hardware().cpu_fast_bf16_matmul
 
 
 def machine_info() -> dict[str, Any]:

@@ -35,8 +35,8 @@ FP16_OVERFLOW_MODEL_TYPES = frozenset({"t5", "mt5", "umt5", "longt5", "switch_tr
 # autocast still runs but is emulated and slower than fp32.
 _CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 # Flags under which bf16 matmuls actually beat fp32: AMX tiles on x86, BFMMLA on Arm. AVX512-BF16 alone only
-# adds dot-product instructions; measured on such a Xeon, torch's bf16 matmul ran at half the fp32 FLOP/s
-# and a MiniLM training step took 1.3x longer under bf16 autocast (BENCHMARKS.md, sections 1-2).
+# adds dot-product instructions; measured on such a Xeon, torch's bf16 matmul ran at about half the fp32 FLOP/s
+# and a MiniLM training step took 1.4x longer under bf16 autocast (BENCHMARKS.md, sections 1-2).
 _CPU_FAST_BF16_FLAGS = frozenset({"amx_bf16", "bf16"})
 
 
