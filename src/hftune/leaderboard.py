@@ -31,8 +31,8 @@ from hftune.results import RESULTS_FILE, read_results
 # model's layer count. Adding a method to the leaderboard is one entry here.
 METHOD_RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "features": ("sentiment_features.py", ("--classifier", "logreg")),
-    # With the embeddings and lower half frozen, the recipe's full-fine-tuning rate (8e-5) leaves it at 0.913
-    # on emotion after 2 epochs; the upper half takes a higher one.
+    # With the embeddings and lower half frozen, the recipe's full-fine-tuning rate (8e-5) left it at 0.913 on
+    # emotion (2 epochs); the upper half takes a higher one: 0.926 in the 3-epoch leaderboard (BENCHMARKS.md).
     "freeze": (
         "sentiment_freeze.py",
         ("--freeze_embeddings", "--freeze_layers", "{lower_half}", "--learning_rate", "2e-4"),

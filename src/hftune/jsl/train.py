@@ -437,8 +437,8 @@ def run_jsl_training(
         started = time.perf_counter()
         train_output = trainer.train(resume_from_checkpoint=resume_from)
         train_seconds = time.perf_counter() - started
-        # Trainer sets config.use_cache = TrainingArguments.use_cache (False); generation and the saved
-        # config/generation_config want the KV cache back on.
+        # Trainer copies TrainingArguments.use_cache into config.use_cache (False if a user turns it off for
+        # training); generation and the saved config/generation_config always want the KV cache on.
         model.config.use_cache = True
         model.generation_config.use_cache = True
 
@@ -547,7 +547,6 @@ def _save_folder(
         f"{results['eval_split']}_predictions.jsonl": "".join(
             json.dumps(row, ensure_ascii=False) + "\n" for row in predictions
         ),
-        "results.json": json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n",
     }
     save_jsl_model(model, tokenizer, staging, metadata, extra_files=extra)
     for plot in plots_dir.glob("*.png"):
@@ -560,7 +559,8 @@ def _save_folder(
     if args.export_weights:
         path = export_weights(model, args.export_weights, staging / "weights")
         log(f"weights: {path.relative_to(staging)}")
-    # Rewritten last with the size of everything saved, as the classifier recipes record it.
+    # Written last, with the size of everything saved (as the classifier recipes record it); `staging` is
+    # renamed into place only after this, so the folder is still all or nothing.
     results["disk_size_mb"] = directory_size_mb(staging)
     (staging / "results.json").write_text(
         json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
