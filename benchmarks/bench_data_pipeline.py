@@ -9,8 +9,9 @@ What the recipes do, timed piece by piece on emotion with MiniLM:
   but is charged here as if it ran for every batch);
 - loading + collation: the Trainer's own training DataLoader (`Trainer.get_train_dataloader`: length-grouped
   sampler, row fetch from the Arrow table, column removal, `DataCollatorWithPadding`), median time per batch;
-- the training step (forward, backward, AdamW) on those same batches, full fine-tuning, bf16 autocast where
-  the recipe picks it (`hftune.hardware.decide_precision`: AMX or Arm BF16), median over batches after warm-up.
+- the training step (forward, backward, AdamW) on those same batches, full fine-tuning of the model as the
+  recipes load it (`hftune.models.load_classifier`, attention dropout 0), bf16 autocast where the recipe
+  picks it (`hftune.hardware.decide_precision`: AMX or Arm BF16), median over batches after warm-up.
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ import common
 import torch
 from datasets import DatasetDict
 from transformers import (
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
 )
 
+from hftune.config import CLASSIFIER_DEFAULTS
 from hftune.data import tokenize_splits
 from hftune.errors import exit_on_user_error
-from hftune.models import embedded_encoder_path
+from hftune.models import embedded_encoder_path, load_classifier
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     per_sample = common.median(tokenize_times) / len(tokenized)
 
     bf16 = common.cpu_fast_bf16_matmul()  # as hftune.hardware.decide_precision picks for the recipes
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(data.label_names))
+    model, _ = load_classifier(  # as the recipes load it, with their default attention dropout
+        model_path,
+        dict(enumerate(data.label_names)),
+        attention_dropout=CLASSIFIER_DEFAULTS["attention_dropout"],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         training_args = TrainingArguments(
             output_dir=tmp,

@@ -11,6 +11,9 @@ recipes train on) and padded to 128. The FLOPs of the step are counted with
 `torch.utils.flop_counter.FlopCounterMode` on an eager-attention twin of the model (same weights and method):
 torch's CPU SDPA kernel has no FLOP formula, eager attention does the same matmuls in countable ops.
 Efficiency = counted FLOPs / step time / matmul FLOP/s at the same precision.
+Both models are built as the recipes build them (`hftune.models.load_classifier` with the recipes' default
+`--attention_dropout`, 0.0): with attention dropout > 0 torch's CPU SDPA falls back from the fused kernel to the
+math path plus a serial random draw in training, which is not what the recipes run.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ from pathlib import Path
 import common
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
-from hftune.config import LoraArguments
+from hftune.config import CLASSIFIER_DEFAULTS, LoraArguments
 from hftune.errors import exit_on_user_error
 from hftune.methods import apply_full, apply_lora
-from hftune.models import embedded_encoder_path
+from hftune.models import embedded_encoder_path, load_classifier
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -40,9 +43,13 @@ def matmul_flops_per_second(dtype: torch.dtype, size: int, warmup: int, repeats:
 
 
 def build(model_path: str, method: str, num_labels: int, attention: str, seed: int):
+    """The recipes' model (their default attention dropout) with `attention` as the attention implementation."""
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=num_labels, attn_implementation=attention
+    model, _ = load_classifier(
+        model_path,
+        {i: f"LABEL_{i}" for i in range(num_labels)},
+        attention_dropout=CLASSIFIER_DEFAULTS["attention_dropout"],
+        attn_implementation=attention,
     )
     model = apply_lora(model, LoraArguments()) if method == "lora" else apply_full(model)
     return model.train()

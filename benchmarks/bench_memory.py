@@ -7,8 +7,8 @@ Part A, peak memory per method at equal batch (`--batch_size` x each of `--seq_l
 method in its own process so that peak RSS (ru_maxrss) belongs to that method alone: peak RSS, its growth
 over the process after imports, tensor accounting (weights + gradients + AdamW state after real steps + the
 bytes autograd saved for backward in one step), and the peak of live tensors over a whole step (the CPU
-counterpart of CUDA's max_memory_allocated). Methods are applied with hftune.methods as the recipes apply
-them: full; freeze = embeddings + lower 3 of 6 layers; LoRA = the recipe defaults (r 8, peft's query/value
+counterpart of CUDA's max_memory_allocated). The model is loaded as the recipes load it (`load_classifier`, the
+recipes' attention dropout 0) and methods are applied with hftune.methods as the recipes apply them: full; freeze = embeddings + lower 3 of 6 layers; LoRA = the recipe defaults (r 8, peft's query/value
 targets, head trained); BitFit = every bias + head. Issue 8 target: LoRA and BitFit <= 0.7x full. Default
 lengths: 128 (the user's fixed padding) and the longest emotion training text in MiniLM tokens, which is what
 a leaderboard run on emotion peaks at: length grouping puts the longest texts in the first batch of an epoch.
@@ -28,13 +28,12 @@ import sys
 
 import common
 import torch
-from transformers import AutoModelForSequenceClassification
 
-from hftune.config import FreezeArguments, LoraArguments
+from hftune.config import CLASSIFIER_DEFAULTS, FreezeArguments, LoraArguments
 from hftune.errors import HftuneError, exit_on_user_error
 from hftune.memory import estimate_training_memory, measure_activation_profile, saved_activation_bytes
 from hftune.methods import apply_bitfit, apply_freeze, apply_full, apply_lora
-from hftune.models import embedded_encoder_path
+from hftune.models import embedded_encoder_path, load_classifier
 
 METHODS = ("full", "freeze", "lora", "bitfit")
 MIB = 2**20
@@ -42,8 +41,13 @@ NUM_LABELS = 6  # emotion
 
 
 def prepared_model(model_path: str, method: str, seed: int):
+    """MiniLM as the recipes load it (their default attention dropout), prepared for `method` as they do."""
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=NUM_LABELS)
+    model, _ = load_classifier(
+        model_path,
+        {i: f"LABEL_{i}" for i in range(NUM_LABELS)},
+        attention_dropout=CLASSIFIER_DEFAULTS["attention_dropout"],
+    )
     if method == "freeze":
         return apply_freeze(model, FreezeArguments(freeze_embeddings=True, freeze_layers=3))
     if method == "lora":
@@ -88,30 +92,20 @@ def tensor_accounting(
 
 
 def step_peak_allocated(model, optimizer, inputs, bf16: bool) -> int:
-    """Peak bytes of live tensors over one whole training step (forward, backward, optimizer step): the CPU
-    counterpart of CUDA's max_memory_allocated, from the profiler's allocation events. Unlike RSS it does not
-    count memory the C allocator keeps after a free, nor the interpreter and libraries."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """Weights + AdamW state + the peak of live tensors over one whole training step (forward, backward,
+    optimizer step): what CUDA's max_memory_allocated would report for the step."""
     optimizer.zero_grad(set_to_none=True)
     resident = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
         t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
     )
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+
+    def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(**inputs).loss
         loss.backward()
         optimizer.step()
-    # Every allocation and free is charged to exactly one event (the innermost op running, or a "[memory]"
-    # event outside ops) as its self_cpu_memory_usage: in time order they trace the bytes alive.
-    allocations = sorted(
-        (e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage
-    )
-    live = peak = 0
-    for _, delta in allocations:
-        live += delta
-        peak = max(peak, live)
-    return resident + peak
+
+    return resident + common.peak_live_tensor_bytes(step)
 
 
 def peak_rss_mb() -> float:

@@ -88,6 +88,26 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+def peak_live_tensor_bytes(fn: Callable[[], Any]) -> int:
+    """Peak bytes of tensors allocated by `fn` and alive at once while it runs (on top of what was alive
+    before): the CPU counterpart of CUDA's max_memory_allocated, from the profiler's allocation events.
+    Unlike RSS it counts neither what the C allocator keeps after a free nor the interpreter and libraries."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Every allocation and free is charged to exactly one event (the innermost op running, or a "[memory]"
+    # event outside ops) as its self_cpu_memory_usage: in time order they trace the bytes alive.
+    allocations = sorted(
+        (e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage
+    )
+    live = peak = 0
+    for _, delta in allocations:
+        live += delta
+        peak = max(peak, live)
+    return peak
+
+
 def cpu_model_name() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
@@ -228,7 +248,7 @@ def load_emotion(data_dir: Path, train_samples: int | None, eval_samples: int | 
 
 # --- assembling BENCHMARKS.md --------------------------------------------------------------------------
 
-SECTIONS = ("training_speed", "flops", "jsl_generation", "memory", "data_pipeline")
+SECTIONS = ("training_speed", "flops", "jsl_generation", "memory", "data_pipeline", "instruction_tuning")
 
 
 def assemble(results_dir: Path, target: Path) -> None:

@@ -44,6 +44,7 @@ def main() -> None:
         data.id2label,
         tokenizer_name=model_args.tokenizer_name,
         trust_remote_code=model_args.trust_remote_code,
+        attention_dropout=model_args.attention_dropout,
     )
     model = apply_bitfit(model)
 

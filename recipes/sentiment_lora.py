@@ -48,6 +48,7 @@ def main() -> None:
         data.id2label,
         tokenizer_name=model_args.tokenizer_name,
         trust_remote_code=model_args.trust_remote_code,
+        attention_dropout=model_args.attention_dropout,
         quantization_config=quantization_config(lora_args),
     )
     model = apply_lora(model, lora_args)

@@ -30,6 +30,7 @@ def _check_training_speed(data: dict) -> None:
         assert 0.0 <= data[key]["accuracy"] <= 1.0
     labels = [row["label"] for row in data["ablation"]]
     assert labels[0].startswith("user loop") and "+ dynamic padding" in labels
+    assert any(label.startswith("+ attention dropout 0") for label in labels)
     assert all(row["samples_per_second"] > 0 for row in data["ablation"])
 
 
@@ -42,7 +43,9 @@ def _check_flops(data: dict) -> None:
 
 
 def _check_jsl(data: dict) -> None:
-    assert len(data["rows"]) == 8
+    # (natural, 20 glosses) x (cache on, off) x (each default batch size + one at a time)
+    assert len(data["rows"]) == 2 * 2 * 3
+    assert set(data["summary"]["kv_speedup_20"]) == {"256", "64", "1"}  # JSON keys
     single = [r for r in data["rows"] if r["mode"] == "one at a time"]
     assert all(r["p95_ms"] >= r["p50_ms"] > 0 for r in single)
 
@@ -58,12 +61,22 @@ def _check_pipeline(data: dict) -> None:
     assert data["step_seconds"] > 0 and data["shares"]["total"] > 0
 
 
+def _check_instruction_tuning(data: dict) -> None:
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"lora", "qlora", "lora-no-checkpointing", "qlora-no-checkpointing"}
+    # 4-bit weights are smaller than fp32 ones whatever the batch; checkpointing keeps fewer activations.
+    assert rows["qlora"]["weights_bytes"] < 0.5 * rows["lora"]["weights_bytes"]
+    assert rows["lora"]["step_peak_live_bytes"] < rows["lora-no-checkpointing"]["step_peak_live_bytes"]
+    assert all(r["samples_per_second"] > 0 and r["peak_rss_mb"] > 0 for r in rows.values())
+
+
 CHECKS = {
     "training_speed": _check_training_speed,
     "flops": _check_flops,
     "jsl_generation": _check_jsl,
     "memory": _check_memory,
     "data_pipeline": _check_pipeline,
+    "instruction_tuning": _check_instruction_tuning,
 }
 
 

@@ -307,6 +307,34 @@ def test_gradient_checkpointing_with_lora_gives_nonzero_grads(tiny, tokenizer):
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+def test_response_only_loss_equals_the_models_loss_and_gradients(tiny, tokenizer):
+    """The recipe's loss runs the output layer on labelled positions only, yet gives the model's own loss and
+    the same gradients; Trainer's token count (num_items_in_batch) divides the sum the same way as the model."""
+    from hftune.instruct import response_only_loss
+
+    lora = _lora(copy.deepcopy(tiny)).train()
+    batch = _batch(tokenizer, RECORDS[:3])  # whole prompts, different lengths: padding is masked too
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < labelled < batch["labels"][:, 1:].numel() // 2  # most positions are prompt or padding
+
+    expected = lora(**batch).loss
+    expected.backward()
+    expected_grads = {n: p.grad.clone() for n, p in lora.named_parameters() if p.grad is not None}
+    lora.zero_grad()
+    loss, outputs = response_only_loss(lora, batch)
+    loss.backward()
+    assert outputs.logits.shape == (labelled, len(tokenizer))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert expected_grads
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(dict(lora.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        summed = response_only_loss(lora, batch, num_items_in_batch=torch.tensor(2 * labelled))[0]
+        by_model = lora(**batch, num_items_in_batch=torch.tensor(2 * labelled)).loss
+    torch.testing.assert_close(summed, by_model, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(summed, expected.detach() / 2, rtol=1e-5, atol=1e-6)
+
+
 def test_qlora_trains_on_cpu(tiny_dir, tokenizer):
     from hftune.methods import quantization_config
 

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 from hftune.errors import HftuneError
 from hftune.jsl import JslSeq2SeqConfig, JslSeq2SeqForConditionalGeneration, JslTokenizer
 from hftune.jsl.artifacts import MANIFEST_NAME, load_jsl_model, save_jsl_model
-from hftune.jsl.modeling_jsl import shift_tokens_right
+from hftune.jsl.modeling_jsl import CACHE_FIELD, shift_tokens_right
 
 PAIRS = [
     ("ありがとう", "<ありがとう>"),
@@ -196,7 +196,26 @@ def test_kv_cache_feeds_one_token_per_step_and_encodes_cross_attention_once(trai
     assert self_query_lengths == list(range(1, 11))
     assert len(cross_key_calls) == 10
     out = trained(**encoder_inputs(batch), decoder_input_ids=torch.ones(len(SOURCES), 3, dtype=torch.long))
-    assert out.past_key_values.get_seq_length() == 3
+    assert out[CACHE_FIELD].get_seq_length() == 3
+
+
+@pytest.mark.parametrize("name", ["past_key_values", "cache"])
+def test_forward_continues_a_cache_passed_under_either_name(trained, batch, name):
+    """generate() passes the KV cache as `past_key_values` up to transformers 5.23 and as `cache` since 5.24:
+    forward must continue whichever it gets (an ignored one would silently restart the cache every step)."""
+    tokens = greedy_without_cache(trained, batch, 4)
+    with torch.no_grad():
+        full = trained(**encoder_inputs(batch), decoder_input_ids=tokens, use_cache=False).logits[:, -1]
+        prefix = trained(**encoder_inputs(batch), decoder_input_ids=tokens[:, :-1], use_cache=True)
+        cache = prefix[CACHE_FIELD]
+        step = trained(
+            **encoder_inputs(batch), decoder_input_ids=tokens[:, -1:], use_cache=True, **{name: cache}
+        )
+    assert step[CACHE_FIELD] is cache
+    assert cache.get_seq_length() == tokens.shape[1]
+    torch.testing.assert_close(step.logits[:, -1], full, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        trained(**encoder_inputs(batch), decoder_input_ids=tokens, past_key_values=cache, cache=cache)
 
 
 def test_beam_search_sampling_and_num_return_sequences(trained, tokenizer, batch):

@@ -34,7 +34,14 @@ FP32_CPU = decide_precision(HardwareInfo(device_type="cpu"), "fp32")
 
 @pytest.fixture(scope="module")
 def lora_model(minilm_path):
-    model, _ = load_classifier(minilm_path, {0: "negative", 1: "positive"})
+    """As sentiment_lora.py builds it: its default attention dropout changes the activations it saves."""
+    from hftune.config import CLASSIFIER_DEFAULTS
+
+    model, _ = load_classifier(
+        minilm_path,
+        {0: "negative", 1: "positive"},
+        attention_dropout=CLASSIFIER_DEFAULTS["attention_dropout"],
+    )
     return apply_lora(model, LoraArguments())
 
 

@@ -51,6 +51,7 @@ def test_main_job_writes_a_complete_run_folder(lora_run):
     assert 0 < results["trainable_params"] < 0.05 * results["total_params"]
     assert results["train_samples_per_second"] > 0 and results["peak_memory_mb"] > 0
     assert results["split_sizes"] == {"train": TRAIN, "validation": EVAL}
+    assert results["hyperparameters"]["attention_dropout"] == 0.0  # the recipes' default, through peft
     assert "lora: " in done.stdout and "trainable of" in done.stdout  # parameter counts shown at start
     card = (out / "README.md").read_text()
     assert "library_name: peft" in card and "model-index" in card

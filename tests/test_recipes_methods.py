@@ -90,7 +90,9 @@ def test_freeze_recipe_with_checkpointing_and_accumulation_reloads(tmp_path, mon
     results = check_results(out, "freeze", "full")
     assert results["hyperparameters"]["gradient_checkpointing"] is True
     assert results["hyperparameters"]["gradient_accumulation_steps"] == 2
+    assert results["hyperparameters"]["attention_dropout"] == 0.0  # the recipes' default, as trained
     model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.attention_probs_dropout_prob == 0.0
     base = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
     # Frozen parts kept their pretrained weights; the top layers moved.
     assert torch.equal(

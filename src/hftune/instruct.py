@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from hftune.errors import HftuneError
+from hftune.training import AtomicCheckpointTrainer
 
 JSL_DATASET = "jsl"
 JSL_INSTRUCTION = "次の日本語を日本手話のグロスに翻訳してください"
@@ -60,7 +61,7 @@ class InstructionDataArguments:
     )
     validation_file: str | None = field(
         default=None,
-        metadata={"help": "Local validation file. Without one, 10% of the training data is held out."},
+        metadata={"help": "Local validation file. Without one, 10%% of the training data is held out."},
     )
     test_file: str | None = field(
         default=None,
@@ -300,6 +301,50 @@ class InstructionCollator:
 # --- data ------------------------------------------------------------------------------------------
 
 
+# --- training loss ---------------------------------------------------------------------------------
+
+
+def response_only_loss(model, inputs: Mapping[str, torch.Tensor], num_items_in_batch=None, output_layer=None):
+    """(loss, outputs) of a causal LM whose output layer runs on the response positions only.
+
+    The same loss as the model's own (cross-entropy of each labelled next token, summed over the batch and
+    divided by `num_items_in_batch` when Trainer counts tokens across accumulated batches, else averaged), but
+    the output layer sees only the positions whose next token is labelled: a forward pre-hook picks those rows
+    of its input. The logits of a 49k-token vocabulary over every prompt position are most of a small model's
+    training memory, and the prompts are most of the tokens. TRL's SFTTrainer does the same by default
+    (`loss_type="chunked_nll"`). `outputs.logits` holds those rows only, shape (labelled tokens, vocabulary).
+    """
+    inputs = dict(inputs)
+    targets = inputs.pop("labels")[:, 1:]
+    labelled = targets != IGNORE_INDEX
+    head = output_layer if output_layer is not None else model.get_output_embeddings()
+
+    def labelled_rows(module, args):
+        (hidden,) = args
+        return (hidden[:, :-1][labelled],)
+
+    handle = head.register_forward_pre_hook(labelled_rows)
+    try:
+        outputs = model(**inputs)
+    finally:
+        handle.remove()
+    loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets[labelled], reduction="sum")
+    denominator = num_items_in_batch if num_items_in_batch is not None else labelled.sum()
+    return loss / torch.as_tensor(denominator, device=loss.device), outputs
+
+
+class ResponseOnlyLossTrainer(AtomicCheckpointTrainer):
+    """Trainer with `response_only_loss` (and the atomic, resumable checkpoints of every hftune recipe)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # num_items_in_batch is only counted when the model takes loss kwargs; Trainer divides the loss by the
+        # accumulation steps in the other case, which is then a per-batch mean here, as Trainer expects.
+        # The wrapped model runs the forward (DDP's gradient sync needs it); the unwrapped one names the head.
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        loss, outputs = response_only_loss(model, inputs, num_items_in_batch, output_layer=head)
+        return (loss, outputs) if return_outputs else loss
+
+
 def _check_columns(dataset, where: str) -> None:
     columns = set(dataset.column_names)
     if "messages" in columns or {"instruction", "output"} <= columns:
@@ -411,10 +456,23 @@ def load_causal_lm(
         )
     except OSError as err:
         raise hub_load_error(name_or_path, err) from None
+    if quantization_config is not None:
+        _release_weight_file(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _release_weight_file(model) -> None:
+    """Copy the unquantised CPU weights (embeddings, norms) out of the memory-mapped safetensors file.
+
+    Quantising reads every weight of the file, and those pages stay resident as long as any tensor still
+    points into the mapping: on CPU a QLoRA process would keep the whole fp32 file in memory (measured: 571 MB
+    of file pages for SmolLM2-135M, more than its 4-bit weights and LoRA state together). Copies let it go."""
+    for param in model.parameters():
+        if param.device.type == "cpu" and param.dtype.is_floating_point:
+            param.data = param.data.clone()
 
 
 def load_instruction_model(run_dir: str | Path, *, device: str = "cpu"):
@@ -577,7 +635,6 @@ def run_instruction_tuning(
 ) -> dict:
     """Train with Trainer on response-only labels, score greedy generations on the held-out split, save, report."""
     from datasets import Dataset
-    from transformers import Trainer
 
     from hftune.hardware import MemoryCallback
     from hftune.jsl.corpus import CORPUS_NAME
@@ -610,7 +667,7 @@ def run_instruction_tuning(
         encoded[name] = Dataset.from_list(examples)
 
     memory = MemoryCallback()
-    trainer = Trainer(
+    trainer = ResponseOnlyLossTrainer(
         model=model,
         args=training_args,
         train_dataset=encoded["train"],

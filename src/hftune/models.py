@@ -81,6 +81,80 @@ def hub_load_error(name: str, err: Exception, flag: str = "--model_name_or_path"
     )
 
 
+# Config attributes that hold the dropout on attention probabilities, by architecture family.
+ATTENTION_DROPOUT_ATTRIBUTES = (
+    "attention_probs_dropout_prob",  # BERT, RoBERTa, ELECTRA, ALBERT, DeBERTa, MiniLM, XLM-R, ...
+    "attention_dropout",  # DistilBERT, ModernBERT, BART, Llama, Mistral, Qwen2, OPT, Phi, ...
+    "attn_pdrop",  # GPT-2, GPT-J, OpenAI GPT, CodeGen
+    "attn_dropout",
+)
+
+
+def check_attention_dropout(value: float | None, flag: str = "--attention_dropout") -> None:
+    """A dropout probability is in [0, 1); 1 would drop every attention weight."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise HftuneError(f"{flag} is {value!r}; it must be a probability in [0, 1), e.g. 0.0 or 0.1")
+
+
+def attention_dropout_of(config) -> float | None:
+    """The attention dropout a model config holds, or None when it names none of the known attributes."""
+    for name in ATTENTION_DROPOUT_ATTRIBUTES:
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def apply_attention_dropout(config, value: float | None, flag: str = "--attention_dropout") -> list[str]:
+    """Set every known attention-dropout attribute `config` has to `value` (None: keep the checkpoint's).
+
+    Returns the attribute names set. A config with none of them (T5 has one dropout for everything) is left as
+    it is, with one log line. Must run before the model is built: attention layers read the probability from
+    the config in their constructor.
+    """
+    if value is None:
+        return []
+    check_attention_dropout(value, flag)
+    names = [
+        name
+        for name in ATTENTION_DROPOUT_ATTRIBUTES
+        if isinstance(getattr(config, name, None), (int, float))
+        and not isinstance(getattr(config, name), bool)
+    ]
+    if not names:
+        model = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "this model")
+        message = (
+            f"model {model!r} ({getattr(config, 'model_type', '?')}) has no attention-dropout setting in its "
+            f"config (looked for {', '.join(ATTENTION_DROPOUT_ATTRIBUTES)})"
+        )
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"hftune: {message}; {flag} {value} is not applied", flush=True)
+        return []
+    for name in names:
+        setattr(config, name, float(value))
+    return names
+
+
+def load_model_config(
+    name_or_path: str,
+    *,
+    attention_dropout: float | None = None,
+    trust_remote_code: bool = False,
+    **overrides,
+):
+    """The model's AutoConfig with `overrides` (e.g. num_labels, id2label) and the attention dropout applied.
+
+    Pass it as `config=` to `from_pretrained`: with a config object, from_pretrained ignores config kwargs.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **overrides)
+    apply_attention_dropout(config, attention_dropout)
+    return config
+
+
 def load_classifier(
     name_or_path: str,
     id2label: dict[int, str],
@@ -89,8 +163,13 @@ def load_classifier(
     trust_remote_code: bool = False,
     quantization_config=None,
     dtype=None,
+    attention_dropout: float | None = None,
+    attn_implementation: str | None = None,
 ):
-    """(model, tokenizer) for sequence classification with the labels written into the config."""
+    """(model, tokenizer) for sequence classification with the labels written into the config.
+
+    `attention_dropout` overrides the checkpoint's (None keeps it); see `apply_attention_dropout`.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     label2id = {label: i for i, label in id2label.items()}
@@ -98,14 +177,22 @@ def load_classifier(
         tokenizer = AutoTokenizer.from_pretrained(
             tokenizer_name or name_or_path, trust_remote_code=trust_remote_code
         )
-        model = AutoModelForSequenceClassification.from_pretrained(
+        config = load_model_config(
             name_or_path,
+            attention_dropout=attention_dropout,
+            trust_remote_code=trust_remote_code,
             num_labels=len(id2label),
             id2label=id2label,
             label2id=label2id,
+        )
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path,
+            config=config,
             trust_remote_code=trust_remote_code,
             quantization_config=quantization_config,
             dtype=dtype,
+            **extra,
         )
     except OSError as err:
         raise hub_load_error(name_or_path, err) from None

@@ -17,7 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from hftune.config import DataArguments, ModelArguments
 from hftune.data import ClassificationData, tokenize_splits
-from hftune.models import count_parameters, hub_id_for
+from hftune.models import attention_dropout_of, count_parameters, hub_id_for
 from hftune.persistence import (
     checkpoint_staging_dir,
     claim_output_dir,
@@ -319,6 +319,8 @@ def run_classification(
                     "max_seq_length": data_args.max_seq_length,
                     "train_sampling_strategy": training_args.train_sampling_strategy,
                     "gradient_checkpointing": training_args.gradient_checkpointing,
+                    # What the model trained with: the --attention_dropout override or the checkpoint's value
+                    "attention_dropout": attention_dropout_of(getattr(model, "config", None)),
                 },
                 "log_history": trainer.state.log_history,
                 "plots": [p.name for p in plots if p is not None],

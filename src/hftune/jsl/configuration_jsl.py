@@ -67,7 +67,8 @@ class JslSeq2SeqConfig(PretrainedConfig):
     """
 
     model_type = "jsl-seq2seq"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # The KV cache in outputs: `past_key_values` up to transformers 5.23, `cache` since 5.24.
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
     # Standard names other transformers code reads; the cache sizes itself from the decoder.
     attribute_map = {
         "hidden_size": "d_model",

@@ -6,6 +6,7 @@ and its sibling files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -20,6 +21,13 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_jsl import JslSeq2SeqConfig
+
+# transformers 5.24 renamed generate()'s `past_key_values` to `cache`: it passes `cache=` to forward and reads the
+# output's `cache` field; 5.23 uses `past_key_values` for both. forward accepts either name, and the outputs use the
+# installed version's field name (5.24 would also take the old one, but logs a deprecation warning).
+CACHE_FIELD = (
+    "cache" if "cache" in {field.name for field in dataclasses.fields(Seq2SeqLMOutput)} else "past_key_values"
+)
 
 
 def sinusoidal_positions(positions: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -330,10 +338,10 @@ class JslDecoder(nn.Module):
             all_hidden.append(hidden_states)
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(self_attentions) if output_attentions else None,
             cross_attentions=tuple(cross_attentions) if output_attentions else None,
+            **{CACHE_FIELD: past_key_values},
         )
 
 
@@ -408,6 +416,23 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
     def get_decoder(self) -> JslDecoder:
         return self.decoder
 
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """One generate() step's inputs: the target tokens not yet in the KV cache, plus what generate() carries
+        between steps (encoder output and mask, the cache under either name, use_cache), passed on unchanged.
+
+        GenerationMixin's generic version also serves decoder-only and multimodal models, and for custom-code
+        models it inspects forward's signature at every step; in a cached batch-64 decode that is ~4% of the time.
+        """
+        if next_sequence_length is not None:
+            input_ids = input_ids[:, -next_sequence_length:]
+        kwargs.pop("labels", None)
+        return {"decoder_input_ids": input_ids, **kwargs}
+
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
@@ -425,6 +450,7 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> Seq2SeqLMOutput | tuple:
         r"""
@@ -435,7 +461,14 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
         num_items_in_batch (*optional*):
             Passed by `Trainer`: the loss is then summed and divided by this count, so gradient accumulation and
             multi-process runs weigh every target token equally.
+        cache (`Cache`, *optional*):
+            The KV cache under the name transformers >= 5.24 `generate()` passes; the same as `past_key_values`
+            (give one or the other).
         """
+        if cache is not None:
+            if past_key_values is not None:
+                raise ValueError("Pass the KV cache as `cache` or `past_key_values`, not both")
+            past_key_values = cache
         output_attentions = bool(
             output_attentions if output_attentions is not None else self.config.output_attentions
         )
@@ -495,13 +528,13 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
         output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=decoder_outputs.past_key_values,
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
+            **{CACHE_FIELD: past_key_values},
         )
         return output if return_dict else output.to_tuple()
 

@@ -17,11 +17,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from hftune.errors import HftuneError
 from hftune.persistence import warn
+
+# Sentences per generate() call. Each decoding step costs a fixed Python/dispatch overhead, large next to the
+# arithmetic of a 1M-parameter model, so bigger batches spread it further: on 612 corpus sentences, 2 CPU
+# threads, greedy, 1,343 sentences/s at 64, 1,797 at 128, 2,088 at 256 (BENCHMARKS.md, section 3).
+DEFAULT_BATCH_SIZE = 256
 
 
 def translate(
@@ -29,14 +35,16 @@ def translate(
     model: torch.nn.Module,
     tokenizer,
     num_beams: int = 1,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_new_tokens: int | None = None,
+    **generate_kwargs: Any,
 ) -> list[str]:
     """Gloss strings for `texts`, in order: tokens joined by single spaces, "" for empty or blank input.
 
     Batches are formed from inputs of similar length (less padding); `max_new_tokens=None` uses the model's
     generation config (its `max_target_length`). Over-long inputs are cut to `tokenizer.model_max_length`
-    characters (end-of-sequence included) and reported once on stderr.
+    characters (end-of-sequence included) and reported once on stderr. `generate_kwargs` go to `generate()`
+    as they are (e.g. `use_cache=False`, `min_new_tokens=20`: what the generation benchmark varies).
     """
     if num_beams < 1:
         raise HftuneError(f"--num_beams {num_beams} must be at least 1 (1 = greedy decoding)")
@@ -53,7 +61,7 @@ def translate(
         )
     outputs = [""] * len(texts)
     todo = sorted((index for index, length in enumerate(lengths) if length > 0), key=lambda i: lengths[i])
-    generate_kwargs = {"num_beams": num_beams, "do_sample": False}
+    generate_kwargs = {"num_beams": num_beams, "do_sample": False, **generate_kwargs}
     if max_new_tokens is not None:
         generate_kwargs["max_new_tokens"] = max_new_tokens
     device = next(model.parameters()).device
@@ -78,7 +86,11 @@ def translate(
 
 
 def measure_generation_speed(
-    model: torch.nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 64, repeats: int = 30
+    model: torch.nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    repeats: int = 30,
 ) -> dict[str, float]:
     """Greedy-decoding speed on `texts` (in its current thread setting): batched sentences/s, one-sentence p50
     latency, and KV-cached vs uncached time for 20 forced output tokens on one batch."""
@@ -146,7 +158,9 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: cuda, then mps, then cpu.",
     )
     parser.add_argument("--num_beams", type=int, default=1, help="1 = greedy decoding; >1 = beam search.")
-    parser.add_argument("--batch_size", type=int, default=64, help="Sentences decoded together.")
+    parser.add_argument(
+        "--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="Sentences decoded together."
+    )
     parser.add_argument(
         "--max_new_tokens", type=int, default=None, help="Longest gloss output. Default: the model's own."
     )
