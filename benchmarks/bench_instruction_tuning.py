@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import resource
-import subprocess
 import sys
 import time
 
 import common
 import torch
 
-from hftune.errors import HftuneError, exit_on_user_error
+from hftune.errors import exit_on_user_error
 
 MIB = 2**20
 VARIANTS = {
@@ -42,10 +39,6 @@ VARIANTS = {
     "lora-no-checkpointing": (False, False),
     "qlora-no-checkpointing": (True, False),
 }
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def recipe_model(four_bit: bool, checkpointing: bool):
@@ -90,10 +83,10 @@ def worker(args) -> int:
     from hftune.instruct import InstructionCollator, response_only_loss
 
     common.setup(args.threads, args.seed)
-    rss_before = peak_rss_mb()
+    rss_before = common.peak_rss_mb()
     four_bit, checkpointing = VARIANTS[args.worker]
     model, tokenizer, defaults = recipe_model(four_bit, checkpointing)
-    rss_loaded = peak_rss_mb()
+    rss_loaded = common.peak_rss_mb()
     batch_size = args.batch_size or defaults["per_device_train_batch_size"]
     examples = training_examples(tokenizer, defaults)
     collate = InstructionCollator(tokenizer.pad_token_id)
@@ -128,7 +121,7 @@ def worker(args) -> int:
         "samples_per_second": batch_size / common.median(times),
         "weights_bytes": weights, "optimizer_bytes": optimizer_state, "step_peak_live_bytes": peak_step,
         "peak_allocated_bytes": weights + optimizer_state + peak_step,
-        "rss_before_mb": rss_before, "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": rss_before, "rss_after_load_mb": rss_loaded, "peak_rss_mb": common.peak_rss_mb(),
     }))  # fmt: skip
     return 0
 
@@ -139,12 +132,7 @@ def run_worker(variant: str, args) -> dict:
     for flag in ("threads", "batch_size"):
         if getattr(args, flag):
             cmd += [f"--{flag}", str(getattr(args, flag))]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise HftuneError(f"worker for {variant} failed (exit {done.returncode}): {tail}")
-    return json.loads(lines[-1])
+    return common.run_json_worker(cmd, f"worker for {variant}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

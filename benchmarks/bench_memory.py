@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 
 import common
 import torch
 
 from hftune.config import CLASSIFIER_DEFAULTS, FreezeArguments, LoraArguments
-from hftune.errors import HftuneError, exit_on_user_error
+from hftune.errors import exit_on_user_error
 from hftune.memory import estimate_training_memory, measure_activation_profile, saved_activation_bytes
 from hftune.methods import apply_bitfit, apply_freeze, apply_full, apply_lora
 from hftune.models import embedded_encoder_path, load_classifier
@@ -108,21 +105,17 @@ def step_peak_allocated(model, optimizer, inputs, bf16: bool) -> int:
     return resident + common.peak_live_tensor_bytes(step)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def worker(args) -> int:
     """One method in this process: print {peak RSS, RSS growth, tensor accounting} as one JSON line."""
     common.setup(args.threads, args.seed)
-    before = peak_rss_mb()
+    before = common.peak_rss_mb()
     model = prepared_model(args.model or embedded_encoder_path(), args.worker, args.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     (seq_len,) = args.seq_lens
     parts = tensor_accounting(
         model, args.batch_size, seq_len, args.precision, args.steps, args.seed, measure_peak=True
     )
-    peak = peak_rss_mb()
+    peak = common.peak_rss_mb()
     print(json.dumps({"method": args.worker, "seq_len": seq_len, "rss_before_mb": before, "peak_rss_mb": peak,
                       "rss_growth_mb": peak - before, "trainable_params": trainable,
                       "tensors": parts}))  # fmt: skip
@@ -146,12 +139,7 @@ def run_worker(method: str, seq_len: int, args) -> dict:
         cmd += ["--model", args.model]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise HftuneError(f"memory worker for {method} failed (exit {done.returncode}): {tail}")
-    return json.loads(lines[-1])
+    return common.run_json_worker(cmd, f"memory worker for {method}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

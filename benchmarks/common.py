@@ -108,6 +108,26 @@ def peak_live_tensor_bytes(fn: Callable[[], Any]) -> int:
     return peak
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (ru_maxrss is KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_json_worker(cmd: Sequence[str], what: str) -> dict[str, Any]:
+    """Run a benchmark's worker process (one configuration alone, so its peak RSS is its own) and return the
+    JSON object of the last line it prints that starts with "{"."""
+    from hftune.errors import HftuneError
+
+    done = subprocess.run(list(cmd), capture_output=True, text=True, env=os.environ.copy())
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise HftuneError(f"{what} failed (exit {done.returncode}): {tail}")
+    return json.loads(lines[-1])
+
+
 def cpu_model_name() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
