@@ -109,10 +109,10 @@ def peak_live_tensor_bytes(fn: Callable[[], Any]) -> int:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory in MiB (ru_maxrss is KiB on Linux)."""
-    import resource
+    """This process's peak resident memory in MiB: what the recipes' MemoryCallback reports on CPU."""
+    from hftune.hardware import peak_memory_mb
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_memory_mb("cpu")
 
 
 def run_json_worker(cmd: Sequence[str], what: str) -> dict[str, Any]:

@@ -98,13 +98,20 @@ def check_attention_dropout(value: float | None, flag: str = "--attention_dropou
         raise HftuneError(f"{flag} is {value!r}; it must be a probability in [0, 1), e.g. 0.0 or 0.1")
 
 
+def _attention_dropout_names(config) -> list[str]:
+    """The known attention-dropout attributes `config` holds as numbers."""
+    return [
+        name
+        for name in ATTENTION_DROPOUT_ATTRIBUTES
+        if isinstance(getattr(config, name, None), (int, float))
+        and not isinstance(getattr(config, name), bool)
+    ]
+
+
 def attention_dropout_of(config) -> float | None:
     """The attention dropout a model config holds, or None when it names none of the known attributes."""
-    for name in ATTENTION_DROPOUT_ATTRIBUTES:
-        value = getattr(config, name, None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
+    names = _attention_dropout_names(config)
+    return float(getattr(config, names[0])) if names else None
 
 
 def apply_attention_dropout(config, value: float | None, flag: str = "--attention_dropout") -> list[str]:
@@ -117,12 +124,7 @@ def apply_attention_dropout(config, value: float | None, flag: str = "--attentio
     if value is None:
         return []
     check_attention_dropout(value, flag)
-    names = [
-        name
-        for name in ATTENTION_DROPOUT_ATTRIBUTES
-        if isinstance(getattr(config, name, None), (int, float))
-        and not isinstance(getattr(config, name), bool)
-    ]
+    names = _attention_dropout_names(config)
     if not names:
         model = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "this model")
         message = (
