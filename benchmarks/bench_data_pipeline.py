@@ -32,10 +32,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from hftune.config import CLASSIFIER_DEFAULTS
 from hftune.data import tokenize_splits
 from hftune.errors import exit_on_user_error
-from hftune.models import embedded_encoder_path, load_classifier
+from hftune.models import embedded_encoder_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     per_sample = common.median(tokenize_times) / len(tokenized)
 
     bf16 = common.cpu_fast_bf16_matmul()  # as hftune.hardware.decide_precision picks for the recipes
-    model, _ = load_classifier(  # as the recipes load it, with their default attention dropout
-        model_path,
-        dict(enumerate(data.label_names)),
-        attention_dropout=CLASSIFIER_DEFAULTS["attention_dropout"],
-    )
+    model, _ = common.recipe_classifier(model_path, dict(enumerate(data.label_names)))
     with tempfile.TemporaryDirectory() as tmp:
         training_args = TrainingArguments(
             output_dir=tmp,

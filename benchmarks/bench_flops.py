@@ -27,10 +27,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoTokenizer
 
-from hftune.config import CLASSIFIER_DEFAULTS, LoraArguments
+from hftune.config import LoraArguments
 from hftune.errors import exit_on_user_error
 from hftune.methods import apply_full, apply_lora
-from hftune.models import embedded_encoder_path, load_classifier
+from hftune.models import embedded_encoder_path
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -43,13 +43,10 @@ def matmul_flops_per_second(dtype: torch.dtype, size: int, warmup: int, repeats:
 
 
 def build(model_path: str, method: str, num_labels: int, attention: str, seed: int):
-    """The recipes' model (their default attention dropout) with `attention` as the attention implementation."""
+    """The recipes' model (`common.recipe_classifier`) with `attention` as the attention implementation."""
     torch.manual_seed(seed)
-    model, _ = load_classifier(
-        model_path,
-        {i: f"LABEL_{i}" for i in range(num_labels)},
-        attention_dropout=CLASSIFIER_DEFAULTS["attention_dropout"],
-        attn_implementation=attention,
+    model, _ = common.recipe_classifier(
+        model_path, {i: f"LABEL_{i}" for i in range(num_labels)}, attn_implementation=attention
     )
     model = apply_lora(model, LoraArguments()) if method == "lora" else apply_full(model)
     return model.train()

@@ -26,11 +26,11 @@ import sys
 import common
 import torch
 
-from hftune.config import CLASSIFIER_DEFAULTS, FreezeArguments, LoraArguments
+from hftune.config import FreezeArguments, LoraArguments
 from hftune.errors import exit_on_user_error
 from hftune.memory import estimate_training_memory, measure_activation_profile, saved_activation_bytes
 from hftune.methods import apply_bitfit, apply_freeze, apply_full, apply_lora
-from hftune.models import embedded_encoder_path, load_classifier
+from hftune.models import embedded_encoder_path
 
 METHODS = ("full", "freeze", "lora", "bitfit")
 MIB = 2**20
@@ -38,13 +38,9 @@ NUM_LABELS = 6  # emotion
 
 
 def prepared_model(model_path: str, method: str, seed: int):
-    """MiniLM as the recipes load it (their default attention dropout), prepared for `method` as they do."""
+    """MiniLM as the recipes train it (`common.recipe_classifier`), prepared for `method` as they do."""
     torch.manual_seed(seed)
-    model, _ = load_classifier(
-        model_path,
-        {i: f"LABEL_{i}" for i in range(NUM_LABELS)},
-        attention_dropout=CLASSIFIER_DEFAULTS["attention_dropout"],
-    )
+    model, _ = common.recipe_classifier(model_path, {i: f"LABEL_{i}" for i in range(NUM_LABELS)})
     if method == "freeze":
         return apply_freeze(model, FreezeArguments(freeze_embeddings=True, freeze_layers=3))
     if method == "lora":

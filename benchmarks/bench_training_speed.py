@@ -2,11 +2,12 @@
 
 Run alone on the machine (another job on the same cores slows steps many-fold):
 
-    python benchmarks/bench_training_speed.py                 # full run, ~45-60 min on 2 cores
+    python benchmarks/bench_training_speed.py                 # full run, ~60-70 min on 2 cores
     python benchmarks/bench_training_speed.py --quick         # smoke run, ~1-2 min, figures meaningless
 
 Part A, end to end on emotion (same MiniLM, same training subset, same number of optimizer steps, effective
-batch 32, one after the other in this run):
+batch 32). `--rounds` rounds (3) each run all three, in an order rotated per round; the table reports medians,
+and ratios as the median of the per-round ratios (runs of one round are minutes apart on the same machine):
 - `user loop`: the user's plain PyTorch script, written faithfully: every text padded to 128 tokens up front,
   TensorDataset + DataLoader(batch 8, shuffle), manual gradient accumulation of 4, fp32, AdamW lr 5e-5.
 - `hftune recipe`: `recipes/sentiment_freeze.py` (nothing frozen = full fine-tuning) started the way its
@@ -15,13 +16,13 @@ batch 32, one after the other in this run):
 - `default Trainer`: AutoModelForSequenceClassification + Trainer with TrainingArguments defaults, texts padded
   to max length 128 as transformers' text-classification example does by default, batch 32, fp32.
 The user loop and the default Trainer keep the checkpoint's attention dropout (0.1 for MiniLM), as users' scripts
-do; the recipe trains with its default `--attention_dropout 0`.
+do; the recipe trains with its default `--attention_dropout 0` and `hftune.cpu_training.CPUDropout`.
 Training samples/s is training wall time only (tokenisation before, evaluation after, are excluded for all);
 validation accuracy is on the full validation split.
 
 Part B, ablation: throughput of one optimisation added at a time, from the user loop to the recipe's
 configuration (the last ones: fused AdamW, attention dropout 0, which lets torch run its fused SDPA kernel in
-training on CPU, and bf16 autocast where the recipe picks it), then single changes on top of the recipe
+training on CPU, the recipes' cheaper CPU dropout masks, and bf16 autocast where the recipe picks it), then single changes on top of the recipe
 configuration (eager attention instead of SDPA, 1 thread as `accelerate launch` gives a child without a config,
 DataLoader workers, torch.compile). Each row times `--steps` optimizer steps of micro-batches drawn at random
 from that configuration's own epoch order (so length grouping is timed on representative batches), `--repeats`
@@ -49,6 +50,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from hftune.config import CLASSIFIER_DEFAULTS
+from hftune.cpu_training import use_cpu_dropout
 from hftune.errors import HftuneError, exit_on_user_error
 from hftune.models import embedded_encoder_path, load_classifier
 
@@ -223,6 +225,7 @@ class Config:
     threads: int = 0  # 0 = the benchmark's pinned count
     workers: int = 0
     compile: bool = False
+    cpu_dropout: bool = False  # hftune.cpu_training.CPUDropout, which the recipes use on CPU
 
     @property
     def accumulation(self) -> int:
@@ -252,6 +255,8 @@ def measure_config(config: Config, model_path: str, features: list[dict], args, 
         attention_dropout=config.attention_dropout,
         attn_implementation=config.attention,
     )
+    if config.cpu_dropout:
+        use_cpu_dropout(model)
     model.train()
     forward = torch.compile(model, dynamic=config.padding == "longest") if config.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=config.fused_adamw)
@@ -324,13 +329,16 @@ def ablation_configs(args, bf16_runs: bool, bf16_fast: bool) -> tuple[list[Confi
     cumulative.append(
         dataclasses.replace(
             cumulative[-1],
-            label="+ attention dropout 0 (fused SDPA kernel)" + ("" if bf16_fast else " (= recipe)"),
+            label="+ attention dropout 0 (fused SDPA kernel)",
             attention_dropout=CLASSIFIER_DEFAULTS["attention_dropout"],
         )
     )
+    cumulative.append(
+        dataclasses.replace(cumulative[-1], label="+ 16-bit dropout masks (CPUDropout)", cpu_dropout=True)
+    )
     if bf16_fast:
-        cumulative.append(dataclasses.replace(cumulative[-1], label="+ bf16 autocast (= recipe)", bf16=True))
-    recipe = cumulative[-1]
+        cumulative.append(dataclasses.replace(cumulative[-1], label="+ bf16 autocast", bf16=True))
+    recipe = cumulative[-1] = dataclasses.replace(cumulative[-1], label=cumulative[-1].label + " (= recipe)")
     variants = [
         dataclasses.replace(recipe, label="recipe, eager attention instead of SDPA", attention="eager"),
         dataclasses.replace(recipe, label="recipe, 1 thread (accelerate launch without config)", threads=1),
@@ -346,6 +354,47 @@ def ablation_configs(args, bf16_runs: bool, bf16_fast: bool) -> tuple[list[Confi
 
 
 # --- main ---------------------------------------------------------------------------------------------------
+
+
+END_TO_END = (("user", "user_loop"), ("recipe", "recipe"), ("trainer", "default_trainer"))
+
+
+def end_to_end_rounds(args, model_path, data, train_file: Path, validation_file: Path, scratch: Path) -> dict:
+    """`--rounds` rounds of the three end-to-end runs, each round in a rotated order so that a slow spell of
+    the machine does not fall on one run alone; returns each run's medians and every round's figures."""
+    runners = {
+        "user_loop": lambda r: user_loop(model_path, data, args),
+        "recipe": lambda r: recipe_run(args, train_file, validation_file, scratch / f"recipe-{r}"),
+        "default_trainer": lambda r: default_trainer_run(model_path, data, args, scratch / f"trainer-{r}"),
+    }
+    keys = [key for flag, key in END_TO_END if flag not in args.skip]
+    rounds = []
+    for r in range(args.rounds if keys else 0):
+        this_round = {}
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            this_round[key] = runners[key](r)
+            print(f"round {r + 1}, {key}: {this_round[key]}", flush=True)
+        rounds.append(this_round)
+    summary: dict = {"rounds": rounds}
+    for key in keys:
+        runs = [one_round[key] for one_round in rounds]
+        summary[key] = {
+            **runs[0],
+            **{
+                field: common.median([run[field] for run in runs])
+                for field in ("train_samples_per_second", "train_seconds", "accuracy")
+            },
+        }
+    return summary
+
+
+def round_ratios(results: dict, key: str, baseline: str) -> list[float]:
+    """`key`'s samples/s over `baseline`'s, round by round (the runs of one round are minutes apart)."""
+    return [
+        one_round[key]["train_samples_per_second"] / one_round[baseline]["train_samples_per_second"]
+        for one_round in results.get("rounds", [])
+        if key in one_round and baseline in one_round
+    ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -364,6 +413,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--eval_samples", type=int, default=None, help="validation subset (default: all 2,000)"
     )
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="end-to-end rounds: each runs the user loop, the recipe and the default Trainer once (medians)",
+    )
     parser.add_argument("--max_length", type=int, default=128, help="the user's fixed padding length")
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per timed ablation window")
     parser.add_argument(
@@ -377,7 +432,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.train_samples, args.eval_samples, args.max_length = 32, 16, 32
-        args.steps, args.repeats, args.warmup = 1, 1, 0
+        args.steps, args.repeats, args.warmup, args.rounds = 1, 1, 0, 1
     return args
 
 
@@ -402,15 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     scratch = Path(tempfile.mkdtemp(prefix="bench_training_speed-"))
     try:
-        if "user" not in args.skip:
-            results["user_loop"] = user_loop(model_path, data, args)
-            print("user loop:", results["user_loop"], flush=True)
-        if "recipe" not in args.skip:
-            results["recipe"] = recipe_run(args, train_file, validation_file, scratch / "recipe")
-            print("recipe:", results["recipe"], flush=True)
-        if "trainer" not in args.skip:
-            results["default_trainer"] = default_trainer_run(model_path, data, args, scratch / "t")
-            print("default Trainer:", results["default_trainer"], flush=True)
+        results.update(end_to_end_rounds(args, model_path, data, train_file, validation_file, scratch))
         if "ablation" not in args.skip:
             tokenizer = AutoTokenizer.from_pretrained(model_path)
             train = data.splits["train"]
@@ -453,34 +500,42 @@ def render(results: dict) -> str:
     runs = [("user loop (hand-written)", "user_loop"),
             (f"hftune recipe (sentiment_freeze.py, full FT, {recipe_precision})", "recipe"),
             (f"default Trainer (pad {results['max_length']}, fp32)", "default_trainer")]  # fmt: skip
-    base = results.get("user_loop", {}).get("train_samples_per_second")
+    rounds = len(results.get("rounds", []))
     rows = []
     for label, key in runs:
         if key not in results:
             continue
-        run = results[key]
-        ratio = run["train_samples_per_second"] / base if base else float("nan")
-        rows.append([label, run["train_samples_per_second"], f"{ratio:.2f}x", f"{run['accuracy']:.4f}",
-                     f"{run['train_seconds']:.0f}"])  # fmt: skip
+        run, ratios = results[key], round_ratios(results, key, "user_loop")
+        rows.append([label, run["train_samples_per_second"], f"{common.median(ratios):.2f}x" if ratios else "",
+                     f"{run['accuracy']:.4f}", f"{run['train_seconds']:.0f}",
+                     ", ".join(f"{r[key]['train_samples_per_second']:.1f}" for r in results["rounds"] if key in r)])  # fmt: skip
     if rows:
         parts.append(
             f"End to end: {results['train_samples']} training texts x {results['epochs']} epoch(s), effective batch "
-            f"{EFFECTIVE_BATCH}, {results['threads']} threads.\n\n"
+            f"{EFFECTIVE_BATCH}, {results['threads']} threads, {rounds} round(s), each running the three in a "
+            "rotated order. Medians over the rounds; ratios are the median of the per-round ratios.\n\n"
             + common.markdown_table(
-                ["run", "train samples/s", "vs user loop", "validation accuracy", "train s"], rows
+                [
+                    "run",
+                    "train samples/s",
+                    "vs user loop",
+                    "validation accuracy",
+                    "train s",
+                    "samples/s by round",
+                ],
+                rows,
             )
         )
-    if "recipe" in results and "default_trainer" in results:
-        ratio = (
-            results["recipe"]["train_samples_per_second"]
-            / results["default_trainer"]["train_samples_per_second"]
-        )
-        parts.append(f"Recipe vs default Trainer: **{ratio:.2f}x** samples/s (target >= 1.5x).")
-    if "recipe" in results and base:
-        ratio = results["recipe"]["train_samples_per_second"] / base
-        parts.append(
-            f"Recipe vs user loop: **{ratio:.2f}x** samples/s (target >= 6x, accuracy equal or better)."
-        )
+    for key, baseline, name, target in (
+        ("recipe", "default_trainer", "default Trainer", "target >= 1.5x"),
+        ("recipe", "user_loop", "user loop", "target >= 6x, accuracy equal or better"),
+    ):
+        ratios = round_ratios(results, key, baseline)
+        if ratios:
+            by_round = ", ".join(f"{r:.2f}x" for r in ratios)
+            parts.append(
+                f"Recipe vs {name}: **{common.median(ratios):.2f}x** samples/s ({target}; rounds: {by_round})."
+            )
     if results.get("ablation"):
         ablation = results["ablation"]
         first = ablation[0]["samples_per_second"]

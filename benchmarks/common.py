@@ -239,6 +239,20 @@ def add_common_args(parser, default_repeats: int = 3) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def recipe_classifier(model_path: str, id2label: dict[int, str], **load_kwargs):
+    """A classifier as the classification recipes train it on CPU: loaded by `load_classifier` with their
+    default attention dropout, and with `CPUDropout` (what `prepare_training_args` sets up on CPU)."""
+    from hftune.config import CLASSIFIER_DEFAULTS
+    from hftune.cpu_training import use_cpu_dropout
+    from hftune.models import load_classifier
+
+    model, tokenizer = load_classifier(
+        model_path, id2label, attention_dropout=CLASSIFIER_DEFAULTS["attention_dropout"], **load_kwargs
+    )
+    use_cpu_dropout(model)
+    return model, tokenizer
+
+
 def emotion_files(data_dir: Path) -> tuple[Path, Path]:
     train, validation = data_dir / "train.txt", data_dir / "validation.txt"
     for path in (train, validation):

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = build_tokenizer(splits["train"], jsl_args.max_source_length)
     model = build_model(tokenizer, jsl_args, seed=training_args.seed)
 
-    training_args, decision = decide_device_and_precision(jsl_args, training_args)
+    training_args, decision = decide_device_and_precision(jsl_args, training_args, model)
     run_jsl_training(
         model,
         tokenizer,

@@ -266,12 +266,13 @@ def run_feature_extraction(
     """Extract features, fit the logistic regression, evaluate, save the head, plots, results and card."""
     from transformers import AutoModel, AutoTokenizer, EvalPrediction
 
+    from hftune.cpu_training import use_all_cpu_cores
     from hftune.hardware import peak_memory_mb
     from hftune.metrics import classification_metrics
     from hftune.models import hub_id_for, hub_load_error
     from hftune.plots import plot_confusion_matrix
     from hftune.results import directory_size_mb, library_versions
-    from hftune.training import log, use_all_cpu_cores, write_model_card_and_results
+    from hftune.training import log, write_model_card_and_results
 
     device = feature_device()
     if device == "cpu":

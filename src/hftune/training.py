@@ -16,6 +16,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from hftune.config import DataArguments, ModelArguments
+from hftune.cpu_training import prepare_cpu_training
 from hftune.data import ClassificationData, tokenize_splits
 from hftune.models import attention_dropout_of, count_parameters, hub_id_for
 from hftune.persistence import (
@@ -41,15 +42,6 @@ def world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return 1
-
-
-def use_all_cpu_cores() -> int:
-    """`accelerate launch` hands a CPU child one thread by default; give each process its share of the cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    threads = int(os.environ.get("HFTUNE_CPU_THREADS", max(1, cores // max(local, 1))))
-    torch.set_num_threads(threads)
-    return threads
 
 
 def prepare_training_args(
@@ -78,7 +70,7 @@ def prepare_training_args(
     # Models whose loss is a per-batch mean (BERT & co.) would report loss x world size otherwise.
     overrides["average_tokens_across_devices"] = False
     if decision.device == "cpu":
-        log(f"CPU threads per process: {use_all_cpu_cores()}")
+        log(f"CPU training: {prepare_cpu_training(model)}")
     if model_args.max_memory_fraction is not None:
         hardware.set_cuda_memory_fraction(model_args.max_memory_fraction)
     training_args = dataclasses.replace(training_args, **overrides)

@@ -271,10 +271,13 @@ def tokenize_pairs(splits, tokenizer: JslTokenizer, max_target_length: int):
 # --- device, metrics, trainer -------------------------------------------------------------------------------
 
 
-def decide_device_and_precision(args: JslArguments, training_args: Seq2SeqTrainingArguments):
-    """Resolve --device/--precision into Trainer flags (use_cpu, bf16, fp16); returns (new args, decision)."""
+def decide_device_and_precision(
+    args: JslArguments, training_args: Seq2SeqTrainingArguments, model: torch.nn.Module | None = None
+):
+    """Resolve --device/--precision into Trainer flags (use_cpu, bf16, fp16); returns (new args, decision).
+    On CPU, `model` (when given) gets the CPU training set-up of `hftune.cpu_training`."""
     from hftune import hardware
-    from hftune.training import use_all_cpu_cores
+    from hftune.cpu_training import prepare_cpu_training
 
     info = hardware.detect_hardware()
     device = hardware.resolve_device(args.device, info)
@@ -287,7 +290,7 @@ def decide_device_and_precision(args: JslArguments, training_args: Seq2SeqTraini
     log(decision.summary())
     os.environ["ACCELERATE_MIXED_PRECISION"] = {"fp32": "no"}.get(decision.precision, decision.precision)
     if device == "cpu":
-        log(f"CPU threads: {use_all_cpu_cores()}")
+        log(f"CPU training: {prepare_cpu_training(model)}")
     overrides = dict(decision.trainer_kwargs)
     if "wer" in (training_args.metric_for_best_model or ""):
         overrides["greater_is_better"] = False  # Trainer assumes bigger is better for every non-loss metric
