@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every benchmark alone, in sequence, then fill BENCHMARKS.md with the tables (issue 9).
 #
-#   bash benchmarks/run_all.sh            # full run: about 75-95 minutes on 2 cores; nothing else may run
+#   bash benchmarks/run_all.sh            # full run: about 50-60 minutes on 2 cores; nothing else may run
 #   bash benchmarks/run_all.sh --quick    # smoke run of every script (tables are NOT copied into BENCHMARKS.md)
 #   JSL_MODEL=outputs/jsl_seq2seq bash benchmarks/run_all.sh   # generation bench on a trained JSL folder
 #

@@ -59,7 +59,7 @@ def test_two_processes_really_train_together_and_exit_cleanly(runs):
     assert two["results"]["world_size"] == 2 and runs["one"]["results"]["world_size"] == 1
     assert "terminate called" not in two["done"].stderr
     # Each process gets its share of the cores; messages come from rank 0 only.
-    assert "CPU threads per process: 1" in two["done"].stdout
+    assert "CPU training: 1 thread per process" in two["done"].stdout
     assert two["done"].stdout.count("validation accuracy") == 1
     for run in runs.values():
         assert run["results"]["hyperparameters"]["effective_batch_size"] == EFFECTIVE_BATCH

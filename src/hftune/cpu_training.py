@@ -68,7 +68,8 @@ def use_all_cpu_cores() -> int:
 def prepare_cpu_training(model: nn.Module | None) -> str:
     """Threads for this process and, unless `HFTUNE_CPU_DROPOUT=torch`, `CPUDropout` in `model`; returns one
     line saying what was done."""
-    threads = f"{use_all_cpu_cores()} threads"
+    n = use_all_cpu_cores()
+    threads = f"{n} thread{'' if n == 1 else 's'} per process"
     if model is None:
         return threads
     if os.environ.get("HFTUNE_CPU_DROPOUT", "").lower() == "torch":
