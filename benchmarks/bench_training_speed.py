@@ -6,13 +6,17 @@ Run alone on the machine (another job on the same cores slows steps many-fold):
     python benchmarks/bench_training_speed.py --quick         # smoke run, ~1-2 min, figures meaningless
 
 Part A, end to end on emotion (same MiniLM, same training subset, same number of optimizer steps, effective
-batch 32). `--rounds` rounds (3) each run all three, in an order rotated per round; the table reports medians,
+batch 32). `--rounds` rounds (3) each run all four, in an order rotated per round; the table reports medians,
 and ratios as the median of the per-round ratios (runs of one round are minutes apart on the same machine):
 - `user loop`: the user's plain PyTorch script, written faithfully: every text padded to 128 tokens up front,
   TensorDataset + DataLoader(batch 8, shuffle), manual gradient accumulation of 4, fp32, AdamW lr 5e-5.
 - `hftune recipe`: `recipes/sentiment_freeze.py` (nothing frozen = full fine-tuning) started the way its
   docstring says, `accelerate launch --config_file accelerate_configs/cpu.yaml`, so the real hftune code runs;
   samples/s and accuracy come from its results.json.
+- `hftune recipe, frozen embeddings`: the same recipe with its `--freeze_embeddings` (the token, position and
+  type embeddings stay as pretrained; every encoder layer and the head train). The 30,522 x 384 word-embedding
+  matrix is half of MiniLM's weights but only a few hundred of its rows are used per batch, so its dense
+  gradient, clipping and AdamW update are memory traffic that the short length-grouped batches feel most.
 - `default Trainer`: AutoModelForSequenceClassification + Trainer with TrainingArguments defaults, texts padded
   to max length 128 as transformers' text-classification example does by default, batch 32, fp32.
 The user loop and the default Trainer keep the checkpoint's attention dropout (0.1 for MiniLM), as users' scripts
@@ -25,8 +29,9 @@ configuration (the last ones: fused AdamW, attention dropout 0, which lets torch
 training on CPU, the recipes' cheaper CPU dropout masks, and bf16 autocast where the recipe picks it), then single changes on top of the recipe
 configuration (eager attention instead of SDPA, 1 thread as `accelerate launch` gives a child without a config,
 DataLoader workers, torch.compile). Each row times `--steps` optimizer steps of micro-batches drawn at random
-from that configuration's own epoch order (so length grouping is timed on representative batches), `--repeats`
-times after `--warmup` steps: medians.
+from that configuration's own epoch order (so length grouping is timed on representative batches). All rows
+are built and warmed up (`--warmup` steps) first, then timed in `--repeats` rounds (5), each visiting every
+row in a rotated order: medians.
 """
 
 from __future__ import annotations
@@ -49,9 +54,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from hftune.config import CLASSIFIER_DEFAULTS
+from hftune.config import CLASSIFIER_DEFAULTS, FreezeArguments
 from hftune.cpu_training import use_cpu_dropout
 from hftune.errors import HftuneError, exit_on_user_error
+from hftune.methods import apply_freeze
 from hftune.models import embedded_encoder_path, load_classifier
 
 EFFECTIVE_BATCH = 32
@@ -126,7 +132,7 @@ def evaluate_padded(model, tokenizer, data, max_length: int) -> float:
 # --- Part A: the recipe, run as users run it ---------------------------------------------------------------
 
 
-def recipe_run(args, train_file: Path, validation_file: Path, out_dir: Path) -> dict:
+def recipe_run(args, train_file: Path, validation_file: Path, out_dir: Path, extra_flags=()) -> dict:
     recipe = common.REPO_ROOT / "recipes" / "sentiment_freeze.py"
     flags = [
         "--train_file", str(train_file), "--validation_file", str(validation_file),
@@ -138,7 +144,7 @@ def recipe_run(args, train_file: Path, validation_file: Path, out_dir: Path) -> 
         flags += ["--max_train_samples", str(args.train_samples)]
     if args.eval_samples:
         flags += ["--max_eval_samples", str(args.eval_samples)]
-    flags += args.recipe_args
+    flags += [*extra_flags, *args.recipe_args]
     accelerate = Path(sys.executable).parent / "accelerate"
     if args.launcher == "accelerate" and accelerate.is_file():
         config = common.REPO_ROOT / "accelerate_configs" / "cpu.yaml"
@@ -226,6 +232,7 @@ class Config:
     workers: int = 0
     compile: bool = False
     cpu_dropout: bool = False  # hftune.cpu_training.CPUDropout, which the recipes use on CPU
+    freeze_embeddings: bool = False  # sentiment_freeze.py --freeze_embeddings
 
     @property
     def accumulation(self) -> int:
@@ -245,34 +252,45 @@ def epoch_batches(config: Config, lengths: list[int], seed: int) -> list[list[in
     return [order[i : i + step] for i in range(0, len(order) - step + 1, step)]
 
 
-def measure_config(config: Config, model_path: str, features: list[dict], args, threads: int) -> dict:
-    """Median training samples/s of `config` over `args.repeats` windows of `args.steps` optimizer steps."""
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(config.threads or threads)
-    model, tokenizer = load_classifier(
-        model_path,
-        {i: f"LABEL_{i}" for i in range(args.num_labels)},
-        attention_dropout=config.attention_dropout,
-        attn_implementation=config.attention,
-    )
-    if config.cpu_dropout:
-        use_cpu_dropout(model)
-    model.train()
-    forward = torch.compile(model, dynamic=config.padding == "longest") if config.compile else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=config.fused_adamw)
-    collator = DataCollatorWithPadding(
-        tokenizer,
-        padding=config.padding,
-        max_length=args.max_length if config.padding == "max_length" else None,
-    )
-    lengths = [len(f["input_ids"]) for f in features]
-    batches = epoch_batches(config, lengths, args.seed)
-    rng = random.Random(args.seed)
-    micro_per_window = args.steps * config.accumulation
+class AblationRun:
+    """One ablation configuration, built once: its model, optimizer, collator and epoch order."""
 
-    def window(n_micro: int) -> tuple[float, int]:
-        chosen = rng.sample(batches, min(n_micro, len(batches)))
-        loader = DataLoader(features, batch_sampler=chosen, collate_fn=collator, num_workers=config.workers)
+    def __init__(self, config: Config, model_path: str, features: list[dict], args, threads: int) -> None:
+        self.config, self.features, self.threads = config, features, config.threads or threads
+        torch.manual_seed(args.seed)
+        model, tokenizer = load_classifier(
+            model_path,
+            {i: f"LABEL_{i}" for i in range(args.num_labels)},
+            attention_dropout=config.attention_dropout,
+            attn_implementation=config.attention,
+        )
+        if config.cpu_dropout:
+            use_cpu_dropout(model)
+        apply_freeze(model, FreezeArguments(freeze_embeddings=config.freeze_embeddings))
+        model.train()
+        self.forward = torch.compile(model, dynamic=config.padding == "longest") if config.compile else model
+        trainable = [p for p in model.parameters() if p.requires_grad]  # as Trainer builds its optimizer
+        self.optimizer = torch.optim.AdamW(trainable, lr=5e-5, fused=config.fused_adamw)
+        self.collator = DataCollatorWithPadding(
+            tokenizer,
+            padding=config.padding,
+            max_length=args.max_length if config.padding == "max_length" else None,
+        )
+        lengths = [len(f["input_ids"]) for f in features]
+        self.batches = epoch_batches(config, lengths, args.seed)
+        self.rng = random.Random(args.seed)
+        mean_tokens = float(np.mean([max(lengths[i] for i in b) for b in self.batches]))
+        self.mean_padded_length = args.max_length if config.padding == "max_length" else mean_tokens
+        self.rates: list[float] = []
+
+    def window(self, optimizer_steps: int) -> float:
+        """Train `optimizer_steps` steps on micro-batches drawn from the epoch order; samples/s."""
+        config, previous_threads = self.config, torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        chosen = self.rng.sample(self.batches, min(optimizer_steps * config.accumulation, len(self.batches)))
+        loader = DataLoader(
+            self.features, batch_sampler=chosen, collate_fn=self.collator, num_workers=config.workers
+        )
         iterator = iter(loader)
         first = next(iterator)  # worker start-up happens once per epoch, not once per window
         started = time.perf_counter()
@@ -280,29 +298,40 @@ def measure_config(config: Config, model_path: str, features: list[dict], args, 
         for i, batch in enumerate(_chain(first, iterator)):
             samples += batch["input_ids"].shape[0]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                loss = forward(**batch).loss / config.accumulation
+                loss = self.forward(**batch).loss / config.accumulation
             loss.backward()
             if (i + 1) % config.accumulation == 0:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - started, samples
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        rate = samples / (time.perf_counter() - started)
+        torch.set_num_threads(previous_threads)
+        return rate
 
+    def result(self) -> dict:
+        return {
+            "label": self.config.label,
+            "config": dataclasses.asdict(self.config),
+            "samples_per_second": common.median(self.rates),
+            "samples_per_second_all": self.rates,
+            "mean_padded_length": self.mean_padded_length,
+        }
+
+
+def measure_ablation(configs: list[Config], model_path: str, features: list[dict], args, threads: int):
+    """Median samples/s of every configuration over `args.repeats` rounds of `args.steps` optimizer steps.
+
+    All configurations are built and warmed up first, then timed round by round in a rotated order, so a slow
+    spell of the machine falls on all of them alike instead of on the rows that happened to run during it.
+    """
+    runs = [AblationRun(config, model_path, features, args, threads) for config in configs]
     if args.warmup:
-        window(args.warmup * config.accumulation)
-    rates = []
-    for _ in range(args.repeats):
-        seconds, samples = window(micro_per_window)
-        rates.append(samples / seconds)
-    torch.set_num_threads(threads)
-    mean_tokens = float(np.mean([max(lengths[i] for i in b) for b in batches]))
-    padded = args.max_length if config.padding == "max_length" else mean_tokens
-    return {
-        "label": config.label,
-        "config": dataclasses.asdict(config),
-        "samples_per_second": common.median(rates),
-        "samples_per_second_all": rates,
-        "mean_padded_length": padded,
-    }
+        for run in runs:
+            run.window(args.warmup)
+    for r in range(args.repeats):
+        for run in runs[r % len(runs) :] + runs[: r % len(runs)]:
+            run.rates.append(run.window(args.steps))
+        print(f"ablation round {r + 1}/{args.repeats} done", flush=True)
+    return [run.result() for run in runs]
 
 
 def _chain(first, iterator):
@@ -340,6 +369,9 @@ def ablation_configs(args, bf16_runs: bool, bf16_fast: bool) -> tuple[list[Confi
         cumulative.append(dataclasses.replace(cumulative[-1], label="+ bf16 autocast", bf16=True))
     recipe = cumulative[-1] = dataclasses.replace(cumulative[-1], label=cumulative[-1].label + " (= recipe)")
     variants = [
+        dataclasses.replace(
+            recipe, label="recipe + frozen embeddings (--freeze_embeddings)", freeze_embeddings=True
+        ),
         dataclasses.replace(recipe, label="recipe, eager attention instead of SDPA", attention="eager"),
         dataclasses.replace(recipe, label="recipe, 1 thread (accelerate launch without config)", threads=1),
         dataclasses.replace(recipe, label="recipe + DataLoader num_workers=1", workers=1),
@@ -356,15 +388,23 @@ def ablation_configs(args, bf16_runs: bool, bf16_fast: bool) -> tuple[list[Confi
 # --- main ---------------------------------------------------------------------------------------------------
 
 
-END_TO_END = (("user", "user_loop"), ("recipe", "recipe"), ("trainer", "default_trainer"))
+END_TO_END = (
+    ("user", "user_loop"),
+    ("recipe", "recipe"),
+    ("recipe-frozen-embeddings", "recipe_frozen_embeddings"),
+    ("trainer", "default_trainer"),
+)
 
 
 def end_to_end_rounds(args, model_path, data, train_file: Path, validation_file: Path, scratch: Path) -> dict:
-    """`--rounds` rounds of the three end-to-end runs, each round in a rotated order so that a slow spell of
-    the machine does not fall on one run alone; returns each run's medians and every round's figures."""
+    """`--rounds` rounds of the end-to-end runs, each round in a rotated order so that a slow spell of the
+    machine does not fall on one run alone; returns each run's medians and every round's figures."""
     runners = {
         "user_loop": lambda r: user_loop(model_path, data, args),
         "recipe": lambda r: recipe_run(args, train_file, validation_file, scratch / f"recipe-{r}"),
+        "recipe_frozen_embeddings": lambda r: recipe_run(
+            args, train_file, validation_file, scratch / f"recipe-frozen-{r}", ["--freeze_embeddings"]
+        ),
         "default_trainer": lambda r: default_trainer_run(model_path, data, args, scratch / f"trainer-{r}"),
     }
     keys = [key for flag, key in END_TO_END if flag not in args.skip]
@@ -399,7 +439,7 @@ def round_ratios(results: dict, key: str, baseline: str) -> list[float]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(parser)
+    common.add_common_args(parser, default_repeats=5)
     parser.add_argument(
         "--data_dir", type=Path, default=common.EMOTION_DIR, help="emotion train.txt/validation.txt"
     )
@@ -427,7 +467,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compile", action="store_true", help="add a torch.compile row (compiles for minutes)"
     )
-    parser.add_argument("--skip", nargs="*", default=[], choices=["user", "recipe", "trainer", "ablation"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=[flag for flag, _ in END_TO_END] + ["ablation"]
+    )
     parser.add_argument("--launcher", choices=["accelerate", "python"], default="accelerate")
     parser.add_argument(
         "--recipe_args", nargs=argparse.REMAINDER, default=[], help="extra recipe flags (last)"
@@ -457,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "threads": threads,
         "max_length": args.max_length,
+        "steps": args.steps,
     }
     scratch = Path(tempfile.mkdtemp(prefix="bench_training_speed-"))
     try:
@@ -474,11 +517,9 @@ def main(argv: list[str] | None = None) -> int:
             cumulative, variants = ablation_configs(
                 args, common.cpu_supports_bf16(), common.cpu_fast_bf16_matmul()
             )
-            results["ablation"] = []
-            for config in cumulative + variants:
-                row = measure_config(config, model_path, features, args, threads)
+            results["ablation"] = measure_ablation(cumulative + variants, model_path, features, args, threads)
+            for row, config in zip(results["ablation"], cumulative + variants, strict=True):
                 row["cumulative"] = config in cumulative
-                results["ablation"].append(row)
                 print(f"{config.label}: {row['samples_per_second']:.1f} samples/s", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -502,6 +543,8 @@ def render(results: dict) -> str:
     recipe_precision = results.get("recipe", {}).get("precision", "")
     runs = [("user loop (hand-written)", "user_loop"),
             (f"hftune recipe (sentiment_freeze.py, full FT, {recipe_precision})", "recipe"),
+            (f"hftune recipe, frozen embeddings (sentiment_freeze.py --freeze_embeddings, {recipe_precision})",
+             "recipe_frozen_embeddings"),
             (f"default Trainer (pad {results['max_length']}, fp32)", "default_trainer")]  # fmt: skip
     rounds = len(results.get("rounds", []))
     rows = []
@@ -515,7 +558,7 @@ def render(results: dict) -> str:
     if rows:
         parts.append(
             f"End to end: {results['train_samples']} training texts x {results['epochs']} epoch(s), effective batch "
-            f"{EFFECTIVE_BATCH}, {results['threads']} threads, {rounds} round(s), each running the three in a "
+            f"{EFFECTIVE_BATCH}, {results['threads']} threads, {rounds} round(s), each running all runs in a "
             "rotated order. Medians over the rounds; ratios are the median of the per-round ratios.\n\n"
             + common.markdown_table(
                 [
@@ -529,16 +572,29 @@ def render(results: dict) -> str:
                 rows,
             )
         )
-    for key, baseline, name, target in (
-        ("recipe", "default_trainer", "default Trainer", "target >= 1.5x"),
-        ("recipe", "user_loop", "user loop", "target >= 6x, accuracy equal or better"),
+    lines = []
+    for key, recipe in (
+        ("recipe", "Recipe (full FT)"),
+        ("recipe_frozen_embeddings", "Recipe, frozen embeddings"),
     ):
-        ratios = round_ratios(results, key, baseline)
-        if ratios:
+        for baseline, name, target in (
+            ("default_trainer", "default Trainer", "target >= 1.5x"),
+            ("user_loop", "user loop", "target >= 6x"),
+        ):
+            ratios = round_ratios(results, key, baseline)
+            if not ratios:
+                continue
             by_round = ", ".join(f"{r:.2f}x" for r in ratios)
-            parts.append(
-                f"Recipe vs {name}: **{common.median(ratios):.2f}x** samples/s ({target}; rounds: {by_round})."
+            accuracy = ""
+            if baseline == "user_loop":
+                gain = results[key]["accuracy"] - results[baseline]["accuracy"]
+                accuracy = f"; validation accuracy {gain:+.4f} vs the user loop (target >= 0)"
+            lines.append(
+                f"- {recipe} vs {name}: **{common.median(ratios):.2f}x** samples/s ({target}; rounds: "
+                f"{by_round}){accuracy}"
             )
+    if lines:
+        parts.append("\n".join(lines))
     if results.get("ablation"):
         ablation = results["ablation"]
         first = ablation[0]["samples_per_second"]
@@ -552,7 +608,9 @@ def render(results: dict) -> str:
             if r["cumulative"]:
                 previous = rate
         parts.append(
-            "Ablation (median of repeats; cumulative rows first, then single changes to the recipe configuration):\n\n"
+            f"Ablation, rows interleaved: {len(ablation[0]['samples_per_second_all'])} round(s) of {results['steps']} "
+            "optimizer steps per row, each round visiting every row in a rotated order; medians. Cumulative rows "
+            "first, then single changes to the recipe configuration:\n\n"
             + common.markdown_table(
                 ["configuration", "samples/s", "vs user loop", "this step", "mean padded length"], rows
             )

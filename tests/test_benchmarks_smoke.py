@@ -25,11 +25,14 @@ def _run(args: list[str], timeout: int) -> subprocess.CompletedProcess:
 
 
 def _check_training_speed(data: dict) -> None:
-    for key in ("user_loop", "recipe", "default_trainer"):
+    for key in ("user_loop", "recipe", "recipe_frozen_embeddings", "default_trainer"):
         assert data[key]["train_samples_per_second"] > 0
         assert 0.0 <= data[key]["accuracy"] <= 1.0
+    assert "--freeze_embeddings" in data["recipe_frozen_embeddings"]["command"]
+    assert "--freeze_embeddings" not in data["recipe"]["command"]
     labels = [row["label"] for row in data["ablation"]]
     assert labels[0].startswith("user loop") and "+ dynamic padding" in labels
+    assert "recipe + frozen embeddings (--freeze_embeddings)" in labels
     assert any(label.startswith("+ attention dropout 0") for label in labels)
     assert all(row["samples_per_second"] > 0 for row in data["ablation"])
 
