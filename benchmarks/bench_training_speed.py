@@ -2,7 +2,7 @@
 
 Run alone on the machine (another job on the same cores slows steps many-fold):
 
-    python benchmarks/bench_training_speed.py                 # full run, ~30 min on 2 cores
+    python benchmarks/bench_training_speed.py                 # full run, ~35 min on 2 cores
     python benchmarks/bench_training_speed.py --quick         # smoke run, ~1-2 min, figures meaningless
 
 Part A, end to end on emotion (same MiniLM, same training subset, same number of optimizer steps, effective
@@ -13,8 +13,9 @@ and ratios as the median of the per-round ratios (runs of one round are minutes 
 - `hftune recipe`: `recipes/sentiment_freeze.py` (nothing frozen = full fine-tuning) started the way its
   docstring says, `accelerate launch --config_file accelerate_configs/cpu.yaml`, so the real hftune code runs;
   samples/s and accuracy come from its results.json.
-- `hftune recipe, frozen embeddings`: the same recipe with its `--freeze_embeddings` (the token, position and
-  type embeddings stay as pretrained; every encoder layer and the head train). The 30,522 x 384 word-embedding
+- `hftune recipe, frozen embeddings`: the same recipe with its `--freeze_embeddings` (the embedding layer, i.e.
+  token, position and type embeddings and their LayerNorm, stays as pretrained; every encoder layer and the head
+  train). The 30,522 x 384 word-embedding
   matrix is half of MiniLM's weights but only a few hundred of its rows are used per batch, so its dense
   gradient, clipping and AdamW update are memory traffic that the short length-grouped batches feel most.
 - `default Trainer`: AutoModelForSequenceClassification + Trainer with TrainingArguments defaults, texts padded
