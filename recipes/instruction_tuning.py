@@ -19,9 +19,8 @@ Memory: activation checkpointing is on and the loss runs the output layer on res
 `hftune.instruct.response_only_loss`); benchmarks/bench_instruction_tuning.py measures LoRA against QLoRA.
 """
 
-from transformers import set_seed
-
-from hftune.config import LoraArguments, ModelArguments, TrainingArguments, parse_recipe_args
+from hftune.checks import check_output_folder
+from hftune.config import LoraArguments, ModelArguments, TrainingArguments, parse_recipe_args, set_seed
 from hftune.errors import HftuneError, exit_on_user_error
 from hftune.instruct import (
     InstructionArguments,
@@ -70,34 +69,32 @@ RECIPE_DEFAULTS = {
 
 
 @exit_on_user_error
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     model_args, data_args, instruct_args, lora_args, training_args = parse_recipe_args(
         (ModelArguments, InstructionDataArguments, InstructionArguments, LoraArguments, TrainingArguments),
         RECIPE_DEFAULTS,
+        argv,
     )
-    set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     if instruct_args.method == "full" and (lora_args.load_in_4bit or lora_args.load_in_8bit):
         raise HftuneError("--method full cannot train quantised weights; drop --load_in_4bit/--load_in_8bit")
+    quantization = "4bit" if lora_args.load_in_4bit else "8bit" if lora_args.load_in_8bit else None
+    method = "full" if instruct_args.method == "full" else "qlora" if quantization else "lora"
+    check_output_folder(training_args.output_dir, task="instruction-tuning", method=method)
+    embedded = model_args.model_name_or_path is None
+    base_model = resolve_model_name(
+        model_args.model_name_or_path or embedded_causal_lm_path(), "", kind="causal-lm",
+        max_seq_length=data_args.max_seq_length,
+    )  # fmt: skip
+    set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     splits, dataset = load_instruction_splits(data_args, seed=training_args.seed)
 
-    embedded = model_args.model_name_or_path is None
-    base_model = (
-        embedded_causal_lm_path() if embedded else resolve_model_name(model_args.model_name_or_path, "")
-    )
     model, tokenizer = load_causal_lm(
         base_model,
         tokenizer_name=model_args.tokenizer_name,
         trust_remote_code=model_args.trust_remote_code,
         quantization_config=quantization_config(lora_args, model_type_head=["lm_head"]),
     )
-    quantization = "4bit" if lora_args.load_in_4bit else "8bit" if lora_args.load_in_8bit else None
-    if instruct_args.method == "full":
-        model, method = apply_full(model), "full"
-    else:
-        model, method = (
-            apply_lora(model, lora_args, task_type="CAUSAL_LM"),
-            "qlora" if quantization else "lora",
-        )
+    model = apply_full(model) if method == "full" else apply_lora(model, lora_args, task_type="CAUSAL_LM")
 
     training_args, decision = prepare_training_args(
         training_args, model_args, model, quantization=quantization, max_seq_length=data_args.max_seq_length

@@ -12,9 +12,8 @@ epoch by exact match is kept; the test split is scored last. The output folder l
 keys as the flags; a killed run resumes from its last epoch when started again with the same command.
 """
 
-from transformers import Seq2SeqTrainingArguments, set_seed
-
-from hftune.config import parse_recipe_args
+from hftune.checks import check_output_folder
+from hftune.config import Seq2SeqTrainingArguments, parse_recipe_args, set_seed
 from hftune.errors import exit_on_user_error
 from hftune.jsl.train import (
     JslArguments,
@@ -55,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     jsl_args, training_args = parse_recipe_args(
         (JslArguments, Seq2SeqTrainingArguments), RECIPE_DEFAULTS, argv
     )
+    check_output_folder(training_args.output_dir, task="jsl-seq2seq", method="scratch")
     set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     splits, dataset_name, final_split = load_training_pairs(jsl_args, seed=training_args.seed)
 

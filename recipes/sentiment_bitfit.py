@@ -7,14 +7,14 @@ config and tokenizer; `hftune.methods.load_bitfit(run_dir)` puts them back on th
 a ready classifier. A model without bias terms (Llama-style) is refused with a clear error.
 """
 
-from transformers import set_seed
-
+from hftune.checks import check_output_folder
 from hftune.config import (
     CLASSIFIER_DEFAULTS,
     DataArguments,
     ModelArguments,
     TrainingArguments,
     parse_recipe_args,
+    set_seed,
 )
 from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
@@ -31,14 +31,18 @@ RECIPE_DEFAULTS = {
 
 
 @exit_on_user_error
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_recipe_args(
-        (ModelArguments, DataArguments, TrainingArguments), RECIPE_DEFAULTS
+        (ModelArguments, DataArguments, TrainingArguments), RECIPE_DEFAULTS, argv
     )
+    check_output_folder(training_args.output_dir, task="text-classification", method="bitfit")
+    base_model = resolve_model_name(
+        model_args.model_name_or_path, default=embedded_encoder_path(), kind="sequence-classification",
+        max_seq_length=data_args.max_seq_length,
+    )  # fmt: skip
     set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     data = load_classification_data(data_args, seed=training_args.seed)
 
-    base_model = resolve_model_name(model_args.model_name_or_path, default=embedded_encoder_path())
     model, tokenizer = load_classifier(
         base_model,
         data.id2label,

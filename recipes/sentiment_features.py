@@ -11,8 +11,7 @@ architecture's own head over the frozen body and saves a normal transformers fol
 `feature_projection.png`, a 2-D map of the training features coloured by label.
 """
 
-from transformers import set_seed
-
+from hftune.checks import check_output_folder
 from hftune.config import (
     CLASSIFIER_DEFAULTS,
     DataArguments,
@@ -20,6 +19,7 @@ from hftune.config import (
     ModelArguments,
     TrainingArguments,
     parse_recipe_args,
+    set_seed,
 )
 from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
@@ -38,13 +38,17 @@ RECIPE_DEFAULTS = {
 
 
 @exit_on_user_error
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     model_args, data_args, feature_args, training_args = parse_recipe_args(
-        (ModelArguments, DataArguments, FeatureArguments, TrainingArguments), RECIPE_DEFAULTS
+        (ModelArguments, DataArguments, FeatureArguments, TrainingArguments), RECIPE_DEFAULTS, argv
     )
+    check_output_folder(training_args.output_dir, task="text-classification", method="features")
+    base_model = resolve_model_name(
+        model_args.model_name_or_path, default=embedded_encoder_path(), kind="sequence-classification",
+        max_seq_length=data_args.max_seq_length,
+    )  # fmt: skip
     set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     data = load_classification_data(data_args, seed=training_args.seed)
-    base_model = resolve_model_name(model_args.model_name_or_path, default=embedded_encoder_path())
 
     if feature_args.classifier == "logreg":
         run_feature_extraction(

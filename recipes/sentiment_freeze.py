@@ -10,8 +10,7 @@ the run uses non-reentrant checkpointing, so layers above frozen embeddings stil
 With nothing frozen the run is recorded as method "full"; the saved model is a normal safetensors folder.
 """
 
-from transformers import set_seed
-
+from hftune.checks import check_output_folder
 from hftune.config import (
     CLASSIFIER_DEFAULTS,
     DataArguments,
@@ -19,6 +18,7 @@ from hftune.config import (
     ModelArguments,
     TrainingArguments,
     parse_recipe_args,
+    set_seed,
 )
 from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
@@ -36,14 +36,20 @@ RECIPE_DEFAULTS = {
 
 
 @exit_on_user_error
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     model_args, data_args, freeze_args, training_args = parse_recipe_args(
-        (ModelArguments, DataArguments, FreezeArguments, TrainingArguments), RECIPE_DEFAULTS
+        (ModelArguments, DataArguments, FreezeArguments, TrainingArguments), RECIPE_DEFAULTS, argv
     )
+    frozen_anything = freeze_args.freeze_embeddings or freeze_args.freeze_layers != 0
+    method = "freeze" if frozen_anything else "full"
+    check_output_folder(training_args.output_dir, task="text-classification", method=method)
+    base_model = resolve_model_name(
+        model_args.model_name_or_path, default=embedded_encoder_path(), kind="sequence-classification",
+        max_seq_length=data_args.max_seq_length,
+    )  # fmt: skip
     set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     data = load_classification_data(data_args, seed=training_args.seed)
 
-    base_model = resolve_model_name(model_args.model_name_or_path, default=embedded_encoder_path())
     model, tokenizer = load_classifier(
         base_model,
         data.id2label,
@@ -56,7 +62,6 @@ def main() -> None:
     training_args, decision = prepare_training_args(
         training_args, model_args, model, max_seq_length=data_args.max_seq_length
     )
-    frozen_anything = freeze_args.freeze_embeddings or freeze_args.freeze_layers != 0
     run_classification(
         model,
         tokenizer,
@@ -64,7 +69,7 @@ def main() -> None:
         training_args,
         model_args=model_args,
         data_args=data_args,
-        method="freeze" if frozen_anything else "full",
+        method=method,
         artifact="full",
         decision=decision,
         base_model=base_model,

@@ -8,8 +8,7 @@ With no arguments it fine-tunes the embedded MiniLM encoder on the embedded movi
 sentences, so it runs with no network. `--config file.yaml` takes the same keys as the flags.
 """
 
-from transformers import set_seed
-
+from hftune.checks import check_output_folder
 from hftune.config import (
     CLASSIFIER_DEFAULTS,
     DataArguments,
@@ -17,6 +16,7 @@ from hftune.config import (
     ModelArguments,
     TrainingArguments,
     parse_recipe_args,
+    set_seed,
 )
 from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
@@ -35,14 +35,20 @@ RECIPE_DEFAULTS = {
 
 
 @exit_on_user_error
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     model_args, data_args, lora_args, training_args = parse_recipe_args(
-        (ModelArguments, DataArguments, LoraArguments, TrainingArguments), RECIPE_DEFAULTS
+        (ModelArguments, DataArguments, LoraArguments, TrainingArguments), RECIPE_DEFAULTS, argv
     )
+    quantization = "4bit" if lora_args.load_in_4bit else "8bit" if lora_args.load_in_8bit else None
+    method = "qlora" if quantization else "lora"
+    check_output_folder(training_args.output_dir, task="text-classification", method=method)
+    base_model = resolve_model_name(
+        model_args.model_name_or_path, default=embedded_encoder_path(), kind="sequence-classification",
+        max_seq_length=data_args.max_seq_length,
+    )  # fmt: skip
     set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     data = load_classification_data(data_args, seed=training_args.seed)
 
-    base_model = resolve_model_name(model_args.model_name_or_path, default=embedded_encoder_path())
     model, tokenizer = load_classifier(
         base_model,
         data.id2label,
@@ -53,7 +59,6 @@ def main() -> None:
     )
     model = apply_lora(model, lora_args)
 
-    quantization = "4bit" if lora_args.load_in_4bit else "8bit" if lora_args.load_in_8bit else None
     training_args, decision = prepare_training_args(
         training_args, model_args, model, quantization=quantization, max_seq_length=data_args.max_seq_length
     )
@@ -64,7 +69,7 @@ def main() -> None:
         training_args,
         model_args=model_args,
         data_args=data_args,
-        method="qlora" if quantization else "lora",
+        method=method,
         artifact="adapter",
         decision=decision,
         base_model=base_model,

@@ -436,5 +436,5 @@ def test_recipe_end_to_end_then_generate(tmp_path, tiny_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip()
 
-    with pytest.raises(HftuneError, match="is not a folder"):
+    with pytest.raises(HftuneError, match="nope' does not exist"):
         generate_command(["--model", str(tmp_path / "nope")])

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments, set_seed
 
+from hftune.checks import check_arguments, check_writable_folder
 from hftune.errors import HftuneError
 
 
@@ -318,7 +319,13 @@ def parse_recipe_args(
     if leftovers:
         raise HftuneError(f"unknown argument(s) {' '.join(leftovers)}; see `--help` for the accepted flags")
     # The Namespace holding --config/--debug comes back last; the caller wants only the dataclasses.
-    return tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
+    parsed = tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
+    # Ranges and the output folder, before any data or model is loaded.
+    check_arguments(parsed)
+    for args in parsed:
+        if isinstance(args, TrainingArguments):
+            check_writable_folder(args.output_dir)
+    return parsed
 
 
 __all__ = [
@@ -328,7 +335,9 @@ __all__ = [
     "FreezeArguments",
     "LoraArguments",
     "ModelArguments",
+    "Seq2SeqTrainingArguments",
     "TrainingArguments",
     "load_yaml_config",
     "parse_recipe_args",
+    "set_seed",
 ]

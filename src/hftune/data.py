@@ -19,6 +19,7 @@ from pathlib import Path
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from hftune.checks import label_name
 from hftune.config import DataArguments
 from hftune.errors import HftuneError
 
@@ -216,11 +217,17 @@ class ClassificationData:
         return {name: i for i, name in enumerate(self.label_names)}
 
 
-def _label_names(train: Dataset, label_column: str, order: list[str] | None) -> list[str]:
+def _label_names(train: Dataset, label_column: str, order: list[str] | None, source: str) -> list[str]:
     feature = train.features[label_column]
     if isinstance(feature, ClassLabel):
         return list(order or feature.names)
-    seen = sorted({str(v) for v in train[label_column] if v is not None})
+    # Missing and fractional labels are refused here, naming the row (see checks.label_name).
+    seen = sorted(
+        {
+            label_name(value, f"{source} (train split) row {row + 1}", label_column)
+            for row, value in enumerate(train[label_column])
+        }
+    )
     if order:
         missing = [v for v in seen if v not in order]
         if missing:
@@ -243,7 +250,7 @@ def _standardise(split: Dataset, split_name: str, source: str, text_col: str, la
         where = f"{source} ({split_name} split) row {row + 1}"
         if text is None or not str(text).strip():
             raise HftuneError(f"{where}: empty text in column {text_col!r}; fill it in or remove the row")
-        key = None if label is None else str(label)
+        key = label_name(label, where, label_col)
         if key not in index:
             raise HftuneError(
                 f"{where}: label {label!r} is not one of the {len(names)} training labels {names}; "
@@ -260,7 +267,7 @@ def load_classification_data(args: DataArguments, seed: int = 42) -> Classificat
     train = raw["train"]
     text_col = _pick_column(train, args.text_column, TEXT_COLUMN_CANDIDATES, "text", "--text_column")
     label_col = _pick_column(train, args.label_column, LABEL_COLUMN_CANDIDATES, "label", "--label_column")
-    names = _label_names(train, label_col, args.label_order)
+    names = _label_names(train, label_col, args.label_order, source)
     if len(names) < 2:
         raise HftuneError(
             f"{source}: column {label_col!r} holds {len(names)} distinct label(s) {names}; need at least 2"

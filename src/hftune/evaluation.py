@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from hftune.checks import check_range, check_writable_folder
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights
 from hftune.results import RESULTS_FILE, read_results, write_results
@@ -465,8 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluate_command(argv: list[str]) -> int:
     """`hftune evaluate RUN_DIR_OR_REPO_ID [--dataset_name X | --validation_file F] ...`: prints the metrics."""
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise HftuneError(f"--batch_size {args.batch_size} must be at least 1")
+    for name in ("batch_size", "max_eval_samples", "seed"):
+        check_range(name, getattr(args, name))
+    if args.output_dir is not None:
+        check_writable_folder(args.output_dir)
     evaluation, out = evaluate_run(args.run, args)
     print(f"{args.run} on {evaluation.dataset} ({evaluation.split}, {evaluation.num_examples} examples):")
     width = max(len(name) for name in evaluation.metrics)

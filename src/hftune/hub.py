@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hftune.checks import check_existing_folder
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights, write_weights_manifest
 
@@ -97,8 +98,7 @@ def publish_run(
 
 def collect_run_files(run_dir: Path) -> list[str]:
     """Relative paths of the files to publish; raises on a missing card or weights, secrets and pickles."""
-    if not run_dir.is_dir():
-        raise HftuneError(f"run folder {run_dir} does not exist: pass the output_dir of a finished run")
+    check_existing_folder(run_dir, "run folder", "the output_dir of a finished run")
     files = []
     for folder, dir_names, file_names in os.walk(run_dir):
         dir_names[:] = sorted(d for d in dir_names if not _is_skipped_dir(d))

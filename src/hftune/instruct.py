@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from hftune.checks import check_existing_folder, check_range
 from hftune.errors import HftuneError
 from hftune.training import AtomicCheckpointTrainer
 
@@ -482,6 +483,7 @@ def load_instruction_model(run_dir: str | Path, *, device: str = "cpu"):
     run_dir = Path(run_dir)
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {}
+    check_instruction_folder(run_dir, results)
     if (run_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -505,6 +507,28 @@ def load_instruction_model(run_dir: str | Path, *, device: str = "cpu"):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer, results
+
+
+def check_instruction_folder(run_dir: Path, results: Mapping[str, Any]) -> None:
+    """Refuse a run of another task (a classifier, a JSL model) before its weights are loaded as a causal LM."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from hftune.checks import check_model_kind, read_json
+
+    fix = "pass a folder recipes/instruction_tuning.py saved (or its merged/ subfolder)"
+    task = results.get("task") if isinstance(results, Mapping) else None
+    adapter = read_json(run_dir / "adapter_config.json")
+    task_type = adapter.get("task_type") if isinstance(adapter, dict) else None
+    if (task and task != "instruction-tuning") or (task_type and task_type != "CAUSAL_LM"):
+        what = (
+            f"a {task} run (method {results.get('method')})"
+            if task
+            else f"a LoRA adapter (task_type {task_type})"
+        )
+        raise HftuneError(f"--model {run_dir} is {what}, not an instruction-tuned causal LM; {fix}")
+    config = read_json(run_dir / "config.json")
+    if adapter is None and isinstance(config, dict):
+        check_model_kind(config, "causal-lm", str(run_dir), "--model", MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, fix)
 
 
 # --- generation ------------------------------------------------------------------------------------
@@ -591,8 +615,8 @@ def generate_command(argv: list[str]) -> int:
         help="Default: the format the run was trained with.",
     )
     args = parser.parse_args(argv)
-    if not Path(args.model).is_dir():
-        raise HftuneError(f"--model {args.model!r} is not a folder; pass a run folder the recipe saved")
+    check_range("max_new_tokens", args.max_new_tokens)
+    check_existing_folder(args.model, "--model", "a run folder recipes/instruction_tuning.py saved")
     model, tokenizer, results = load_instruction_model(args.model)
     instruction = args.instruction or results.get("instruction")
     if not instruction:

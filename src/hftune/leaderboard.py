@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hftune.checks import check_range, check_training_length, check_writable_folder
 from hftune.errors import HftuneError
 from hftune.results import RESULTS_FILE, read_results
 
@@ -639,6 +640,19 @@ def leaderboard_command(argv: list[str]) -> int:
                 f"--{flag} {' '.join(map(str, unknown))} is not known; choose from {', '.join(valid)}"
             )
     metrics = args.metric or list(DEFAULT_PLOT_METRICS)
+    if args.output is not None:
+        check_writable_folder(args.output, "--output")
+    if args.run:
+        check_writable_folder(args.output_dir)
+        check_training_length(args.num_train_epochs, -1)
+        for name in (
+            "per_device_train_batch_size",
+            "max_train_samples",
+            "max_eval_samples",
+            "max_seq_length",
+            "seed",
+        ):
+            check_range(name, getattr(args, name))
 
     failures: dict[str, str] = {}
     sources = list(args.runs)

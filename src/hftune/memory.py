@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hftune.checks import check_range
 from hftune.errors import HftuneError
 
 GIB = 2**30
@@ -645,6 +646,8 @@ def plan_command(argv: list[str]) -> int:
     budget = parse_size(args.budget)
     settings = _settings_from_target(args.target)
     settings.update({k: v for k, v in vars(args).items() if v is not None and k in _PLAN_KEYS})
+    for name in ("per_device_train_batch_size", "max_seq_length", "gradient_accumulation_steps", "lora_r"):
+        check_range(name, settings.get(name))
     method = settings.get("method", "lora")
     quantization = "4bit" if settings.get("load_in_4bit") or method == "qlora" else None
     quantization = quantization or ("8bit" if settings.get("load_in_8bit") else None)

@@ -55,17 +55,73 @@ def fail_fast_when_hub_unreachable(name: str, kind: str = "model") -> None:
     datasets.config.HF_HUB_OFFLINE = True  # datasets keeps its own copy
 
 
-def resolve_model_name(name: str | None, default: str, flag: str = "--model_name_or_path") -> str:
-    """A local folder, or a Hub id; errors name the missing path or the unreachable id."""
+def resolve_model_name(
+    name: str | None,
+    default: str,
+    flag: str = "--model_name_or_path",
+    *,
+    kind: str | None = None,
+    max_seq_length: int | None = None,
+) -> str:
+    """A local folder, or a Hub id; errors name the missing path or the unreachable id.
+
+    With `kind` ("sequence-classification" or "causal-lm") the model's config is read (no weights) and a model
+    of another kind, or one with fewer positions than `max_seq_length`, is refused: see `check_base_model`.
+    """
     name = name or default
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
-    if _looks_like_local_path(name):
+    path = Path(name).expanduser()
+    if path.is_dir():
+        name = str(path)
+    elif path.exists():
+        raise HftuneError(
+            f"model path {name!r} is a file, not a model folder; pass the folder holding its config.json "
+            f"(or a Hub id) to {flag}"
+        )
+    elif _looks_like_local_path(name):
         raise HftuneError(
             f"model path {name!r} does not exist; pass an existing folder or a Hub id to {flag}"
         )
-    fail_fast_when_hub_unreachable(name)
+    else:
+        fail_fast_when_hub_unreachable(name)
+    if kind is not None:
+        check_base_model(name, kind=kind, max_seq_length=max_seq_length, flag=flag)
     return name
+
+
+def check_base_model(name_or_path: str, *, kind: str, max_seq_length: int | None, flag: str) -> None:
+    """Read the model's config.json (local, or the Hub's / the cache's copy) and refuse the wrong kind of model
+    and a --max_seq_length beyond its positions, before any weight is loaded."""
+    from transformers import PretrainedConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    from hftune.checks import check_model_kind, check_position_limit, describe_folder
+
+    folder = Path(name_or_path)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        content = describe_folder(folder)
+        holds = content.summary if content else "nothing"
+        raise HftuneError(
+            f"{flag} {name_or_path} has no config.json (it holds {holds}); pass a model folder saved with "
+            "save_pretrained, a Hub id, or for a run folder the base model it was trained on"
+        )
+    try:
+        config, _ = PretrainedConfig.get_config_dict(name_or_path)
+    except OSError as err:
+        raise hub_load_error(name_or_path, err, flag) from None
+    except ValueError as err:  # a config.json that is not JSON
+        raise HftuneError(
+            f"{flag} {name_or_path}: its config.json does not parse ({err}); fix or re-save it"
+        ) from None
+    supported = (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        if kind == "causal-lm"
+        else MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    )
+    check_model_kind(config, kind, name_or_path, flag, supported)
+    check_position_limit(config, max_seq_length, name_or_path)
 
 
 def hub_load_error(name: str, err: Exception, flag: str = "--model_name_or_path") -> HftuneError:

@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hftune.checks import check_results_record
 from hftune.errors import HftuneError
 
 RESULTS_FILE = "results.json"
@@ -61,6 +62,7 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise HftuneError(f"{path} does not exist; {run_dir} is not a finished hftune run folder")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise HftuneError(f"{path} is not valid JSON ({err}); re-run the recipe to rewrite it") from None
+    return check_results_record(record, path)

@@ -152,6 +152,20 @@ def verify_weight_files(folder: Path) -> None:
             ) from None
 
 
+def check_jsl_folder(folder: Path, name: str, flag: str) -> None:
+    """Refuse a folder that is not a JSL model (a classifier run, a causal LM) before its files are read as one."""
+    from hftune.checks import check_model_kind, describe_folder, read_json
+
+    config = read_json(folder / "config.json")
+    if not isinstance(config, dict):
+        content = describe_folder(folder)
+        raise HftuneError(
+            f"{flag} {name} has no readable config.json (it holds {content.summary if content else 'nothing'}); "
+            "pass a folder saved by recipes/jsl_seq2seq.py (or its Hub repo id)"
+        )
+    check_model_kind(config, "jsl", name, flag)
+
+
 def resolve_device(device: str) -> str:
     """'auto' -> cuda, then mps, then cpu; anything else is passed to torch as is."""
     if device != "auto":
@@ -164,7 +178,7 @@ def resolve_device(device: str) -> str:
 
 
 def load_jsl_model(
-    path_or_repo: str | Path, device: str = "cpu", dtype: torch.dtype | None = None
+    path_or_repo: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, flag: str = "--model"
 ) -> tuple[JslSeq2SeqForConditionalGeneration, JslTokenizer]:
     """Load a saved JSL folder (or Hub repo id) after checking its weights and vocabulary.
 
@@ -173,6 +187,7 @@ def load_jsl_model(
     Returns the model in eval mode on `device` ("auto" picks cuda, then mps, then cpu) and its tokenizer.
     """
     folder = resolve_model_folder(path_or_repo)
+    check_jsl_folder(folder, str(path_or_repo), flag)
     verify_weight_files(folder)
     tokenizer = JslTokenizer.from_pretrained(str(folder))
     model = JslSeq2SeqForConditionalGeneration.from_pretrained(str(folder), dtype=dtype or torch.float32)

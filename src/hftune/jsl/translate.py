@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from hftune.checks import check_range
 from hftune.errors import HftuneError
 from hftune.persistence import warn
 
@@ -179,8 +180,8 @@ def translate_command(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.texts and args.input_file:
         raise HftuneError("pass sentences as arguments or --input_file, not both")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise HftuneError(f"--max_new_tokens {args.max_new_tokens} must be at least 1")
+    for name in ("num_beams", "batch_size", "max_new_tokens"):
+        check_range(name, getattr(args, name))
     if args.texts:
         texts = list(args.texts)
     elif args.input_file:
