@@ -263,7 +263,7 @@ CATALOGUE = [
       ["holds a finished text-classification run (method lora)", "instruction-tuning run with method lora"],
       ["lora_run"], output_dir=False),
     C("jsl_heads_do_not_divide", "jsl_seq2seq", ["--d_model", "100", "--num_heads", "3"],
-      ["--d_model 100 is not divisible by --num_heads 3", "--num_heads 4"]),
+      ["--d_model 100 is not divisible by --num_heads 3", "e.g. --num_heads 2"]),
     C("jsl_target_length_one", "jsl_seq2seq", ["--max_target_length", "1"], ["--max_target_length 1", "at least 2"]),
     C("jsl_dropout_one", "jsl_seq2seq", ["--dropout", "1"], ["--dropout 1.0", "in [0, 1)"]),
     C("jsl_learning_rate_zero", "jsl_seq2seq", ["--learning_rate", "0"], ["--learning_rate 0.0", "greater than 0"]),
@@ -308,6 +308,10 @@ CATALOGUE = [
     C("evaluate_output_is_a_file", "hftune", ["evaluate", "{lora_run}", "--output_dir", "{a_file}"],
       ["a_file.txt is an existing file", "pass a folder path"], ["lora_run", "a_file"]),
     C("evaluate_results_list", "hftune", ["evaluate", "{results_list}", "--validation_file", "{good}"],
+      ["results.json holds a JSON list", "re-run the recipe"], ["results_list"]),
+    C("evaluate_float_labels", "hftune", ["evaluate", "{lora_run}", "--validation_file", "{float_labels}"],
+      ["float_labels.csv row 1", "label 0.5", "not a whole number"], ["lora_run"]),
+    C("generate_results_list", "hftune", ["generate", "--model", "{results_list}"],
       ["results.json holds a JSON list", "re-run the recipe"], ["results_list"]),
     C("leaderboard_metrics_list", "hftune", ["leaderboard", "{metrics_list}", "--output", "{out}"],
       ["`metrics` is a list", "re-run the recipe"], ["metrics_list", "out"]),
@@ -356,6 +360,7 @@ def test_a_bad_value_is_refused_before_any_work(case, world, tmp_path, monkeypat
     for word in case.words:
         assert word in errors[0], errors[0]
     assert {key: snapshot(path) for key, path in watched.items()} == before
+    print(f"{case.name}: {errors[0]}")  # the catalogue table: pytest -rP shows it
 
 
 def test_the_catalogue_covers_every_recipe_and_verb():

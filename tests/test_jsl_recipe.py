@@ -271,7 +271,7 @@ def test_bad_flags_fail_before_writing_anything(tmp_path, capsys):
     err = recipe_error(["--output_dir", str(out), "--test_file", str(tmp_path / "t.csv")], capsys)
     assert "need --train_file too" in err
     err = recipe_error(["--output_dir", str(out), "--d_model", "30", "--num_heads", "4"], capsys)
-    assert "d_model=30 is not divisible by num_heads=4" in err
+    assert "--d_model 30 is not divisible by --num_heads 4" in err and "--num_heads 3" in err
     err = recipe_error(["--output_dir", str(out), "--train_file", str(tmp_path / "missing.csv")], capsys)
     assert "missing.csv does not exist" in err
     assert not out.exists()

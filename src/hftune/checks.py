@@ -160,23 +160,23 @@ def check_arguments(parsed: Iterable[Any]) -> None:
             values[item.name] = value
     if "num_train_epochs" in values and "max_steps" in values:
         check_training_length(values["num_train_epochs"], values["max_steps"])
-    if values.get("d_model") and values.get("num_heads") and values["d_model"] % values["num_heads"]:
+    d_model, num_heads = values.get("d_model"), values.get("num_heads")
+    if d_model and num_heads and d_model % num_heads:
+        divisor = max(n for n in range(1, num_heads + 1) if d_model % n == 0)
         raise HftuneError(
-            f"--d_model {values['d_model']} is not divisible by --num_heads {values['num_heads']}; "
-            "pick a head count that divides it (e.g. --num_heads 4 for --d_model 128)"
+            f"--d_model {d_model} is not divisible by --num_heads {num_heads}; pass a head count that divides "
+            f"it, e.g. --num_heads {divisor}"
         )
     if values.get("memory_budget"):
         check_memory_budget(values["memory_budget"])
 
 
-def check_memory_budget(text: str, flag: str = "--memory_budget") -> int:
-    """A size such as 6GB, in bytes; 0 is refused (nothing fits in it)."""
-    from hftune.memory import parse_size  # torch is loaded by then: recipes and `plan` parse this after it
+def check_memory_budget(text: str, flag: str = "--memory_budget") -> None:
+    """A size such as 6GB; 0 is refused (nothing fits in it)."""
+    from hftune.memory import parse_size  # imports torch, which a recipe has loaded when it parses its flags
 
-    size = parse_size(text, flag)
-    if size <= 0:
+    if parse_size(text, flag) <= 0:
         raise HftuneError(f"{flag} {text!r} is no memory at all; pass the device's memory, e.g. {flag} 6GB")
-    return size
 
 
 # --- folders ----------------------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ RUN_FILES = {"feature_projection.png", "training_curves.png", "confusion_matrix.
 CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
                        "ForMultipleChoice")  # fmt: skip
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
-JSL_MODEL_TYPE = "jsl-seq2seq"
+JSL_MODEL_TYPE = "jsl-seq2seq"  # JslSeq2SeqConfig.model_type, not imported here: hftune.jsl imports torch
 
 
 def read_json(path: Path) -> Any:

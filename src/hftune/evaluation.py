@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hftune.checks import check_range, check_writable_folder
+from hftune.checks import check_range, check_writable_folder, label_name
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights
 from hftune.results import RESULTS_FILE, read_results, write_results
@@ -172,16 +172,18 @@ def load_saved_classifier(folder: Path, record: dict[str, Any]) -> tuple[Any, An
 # --- data -------------------------------------------------------------------------------------------------
 
 
-def _map_labels(values: list[Any], label_names: list[str], source: str) -> list[int]:
+def _map_labels(values: list[Any], label_names: list[str], source: str, column: str) -> list[int]:
     """Dataset labels -> the model's ids, by name; an unknown name is an error naming it."""
     index = {name: i for i, name in enumerate(label_names)}
-    unknown = sorted({str(v) for v in values if str(v) not in index})
+    # Missing and fractional labels are refused with their row, as in training (checks.label_name).
+    keys = [label_name(value, f"{source} row {row + 1}", column) for row, value in enumerate(values)]
+    unknown = sorted({key for key in keys if key not in index})
     if unknown:
         raise HftuneError(
             f"{source}: label(s) {unknown} are not among the model's labels {label_names}; evaluate on data "
             "with the same label names (or pick the right column with --label_column)"
         )
-    return [index[str(v)] for v in values]
+    return [index[key] for key in keys]
 
 
 def load_classification_eval_data(
@@ -238,10 +240,10 @@ def load_classification_eval_data(
     feature = split.features[label_column]
     values = split[label_column]
     if isinstance(feature, datasets.ClassLabel):
-        values = [feature.int2str(v) for v in values]
+        values = [feature.int2str(v) if v is not None and v >= 0 else None for v in values]
     if not values:
         raise HftuneError(f"{source} has no rows to score; pass a non-empty split or file")
-    labels = _map_labels(values, label_names, source)
+    labels = _map_labels(values, label_names, source, label_column)
     texts = [str(t) for t in split[text_column]]
     if args.max_eval_samples is not None and args.max_eval_samples < len(texts):
         # The recipes' subset: the same seeded permutation datasets' shuffle uses.

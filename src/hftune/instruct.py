@@ -480,9 +480,11 @@ def load_instruction_model(run_dir: str | Path, *, device: str = "cpu"):
     """(model, tokenizer, run results) of a saved run: an adapter over its base model, or a full model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from hftune.results import read_results
+
     run_dir = Path(run_dir)
     results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {}
+    results = read_results(run_dir) if results_path.is_file() else {}
     check_instruction_folder(run_dir, results)
     if (run_dir / "adapter_config.json").is_file():
         from peft import PeftModel
@@ -516,7 +518,7 @@ def check_instruction_folder(run_dir: Path, results: Mapping[str, Any]) -> None:
     from hftune.checks import check_model_kind, read_json
 
     fix = "pass a folder recipes/instruction_tuning.py saved (or its merged/ subfolder)"
-    task = results.get("task") if isinstance(results, Mapping) else None
+    task = results.get("task")
     adapter = read_json(run_dir / "adapter_config.json")
     task_type = adapter.get("task_type") if isinstance(adapter, dict) else None
     if (task and task != "instruction-tuning") or (task_type and task_type != "CAUSAL_LM"):
