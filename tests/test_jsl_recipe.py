@@ -268,6 +268,7 @@ def test_bad_flags_fail_before_writing_anything(tmp_path, capsys):
     )
     assert "'decoder.layers.0.cross_attn.k_proj' is not a parameter" in err
     assert "decoder.layers.0.cross_attn.k_proj.weight" in err  # the close names are listed
+    (tmp_path / "t.csv").write_text("ja,gloss\nありがとう,<ありがとう>\n", encoding="utf-8")
     err = recipe_error(["--output_dir", str(out), "--test_file", str(tmp_path / "t.csv")], capsys)
     assert "need --train_file too" in err
     err = recipe_error(["--output_dir", str(out), "--d_model", "30", "--num_heads", "4"], capsys)

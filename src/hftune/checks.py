@@ -8,6 +8,7 @@ heavy imports.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -148,8 +149,31 @@ def check_training_length(num_train_epochs: float, max_steps: int) -> None:
         )
 
 
+# Arguments that name a local file to read (data files of every recipe and `hftune evaluate`).
+FILE_ARGUMENTS = ("train_file", "validation_file", "test_file")
+
+
+def check_file(path: str, flag: str) -> None:
+    """A file to read: a missing path and a folder get their own message."""
+    if Path(path).expanduser().is_dir():
+        raise HftuneError(f"{flag} {path} is a folder, not a file; pass the path of a data file")
+    if not Path(path).expanduser().is_file():
+        raise HftuneError(f"{flag} {path} does not exist; pass the path of an existing data file")
+
+
+def check_encoding(name: str, flag: str = "--encoding") -> None:
+    """A text encoding Python knows (an unknown one fails only when the first file is opened)."""
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise HftuneError(
+            f"{flag} {name!r} is not a known text encoding; pass e.g. {flag} utf-8 or latin-1"
+        ) from None
+
+
 def check_arguments(parsed: Iterable[Any]) -> None:
-    """Every ranged field of the parsed argument dataclasses, then the rules that span two fields."""
+    """Every ranged field, data file and encoding of the parsed argument dataclasses, then the rules that span
+    two fields."""
     values: dict[str, Any] = {}
     for instance in parsed:
         if not is_dataclass(instance):
@@ -157,6 +181,10 @@ def check_arguments(parsed: Iterable[Any]) -> None:
         for item in fields(instance):
             value = getattr(instance, item.name)
             check_range(item.name, value, type(instance).__name__)
+            if item.name in FILE_ARGUMENTS and value is not None:
+                check_file(value, f"--{item.name}")
+            if item.name == "encoding" and value is not None:
+                check_encoding(value)
             values[item.name] = value
     if "num_train_epochs" in values and "max_steps" in values:
         check_training_length(values["num_train_epochs"], values["max_steps"])
@@ -362,8 +390,8 @@ def check_output_folder(output_dir: str | Path, *, task: str, method: str) -> No
     content = describe_folder(folder)
     if content is not None and not _same_run(content, task, method):
         raise HftuneError(
-            f"--output_dir {output_dir} holds {content.summary}, not a {task} run with method {method}; "
-            "pass another --output_dir, or move that folder away first (hftune never deletes a previous run)"
+            f"--output_dir {output_dir} holds {content.summary}, which this run ({task}, method {method}) would "
+            "mix with; pass another --output_dir, or move that folder away first (hftune never deletes a run)"
         )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hftune.checks import check_range, check_writable_folder, label_name
+from hftune.checks import check_encoding, check_file, check_range, check_writable_folder, label_name
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights
 from hftune.results import RESULTS_FILE, read_results, write_results
@@ -470,6 +470,9 @@ def evaluate_command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     for name in ("batch_size", "max_eval_samples", "seed"):
         check_range(name, getattr(args, name))
+    check_encoding(args.encoding)
+    if args.validation_file is not None:
+        check_file(args.validation_file, "--validation_file")
     if args.output_dir is not None:
         check_writable_folder(args.output_dir)
     evaluation, out = evaluate_run(args.run, args)

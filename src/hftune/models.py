@@ -121,7 +121,7 @@ def check_base_model(name_or_path: str, *, kind: str, max_seq_length: int | None
         else MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
     )
     check_model_kind(config, kind, name_or_path, flag, supported)
-    check_position_limit(config, max_seq_length, name_or_path)
+    check_position_limit(config, max_seq_length, hub_id_for(name_or_path))
 
 
 def hub_load_error(name: str, err: Exception, flag: str = "--model_name_or_path") -> HftuneError:
