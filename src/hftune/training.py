@@ -7,7 +7,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from hftune.persistence import (
     staged_final_artifacts,
 )
 from hftune.results import directory_size_mb, library_versions, write_results
+
+if TYPE_CHECKING:
+    from hftune.hardware import HardwareInfo
 
 TRAIN_SUBSET_FOR_CURVES = 1000  # train-accuracy curve at every epoch without re-scoring all training data
 
@@ -51,14 +54,17 @@ def prepare_training_args(
     *,
     quantization: str | None = None,
     max_seq_length: int = 128,
+    hardware_info: HardwareInfo | None = None,
 ) -> tuple[TrainingArguments, Any]:
     """Apply the hardware preflight (precision, device) and memory budget; return new args and the decision.
 
-    `max_seq_length` is the longest training sequence, which the memory budget plans for.
+    `max_seq_length` is the longest training sequence, which the memory budget plans for. `hardware_info` (a
+    `hftune.hardware.HardwareInfo`) decides for a described machine instead of this one: the GPU check
+    emulates a card without bf16 this way.
     """
     from hftune import hardware, memory
 
-    info = hardware.detect_hardware()
+    info = hardware_info or hardware.detect_hardware()
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     decision = hardware.decide_precision(
         info, model_args.precision, model_type=model_type, quantization=quantization
