@@ -948,30 +948,22 @@ def train_jsl_on_cpu(args: GpuCheckArguments, work: Path) -> tuple[Path, Any, di
         tokenize_pairs,
     )
 
-    flags = [
-        "--output_dir",
-        str(work / "jsl_run"),
-        "--device",
-        "cpu",
-        "--num_train_epochs",
-        str(args.jsl_epochs),
-        "--eval_strategy",
-        "no",
-        "--save_strategy",
-        "no",
-        "--load_best_model_at_end",
-        "False",
-        "--disable_tqdm",
-        "True",
-        "--logging_steps",
-        "10",
-        "--seed",
-        str(args.seed),
-    ]
-    for key, value in JSL_SIZES[args.jsl_size].items():
-        flags += [f"--{key}", str(value)]
+    overrides: dict[str, Any] = {
+        "output_dir": work / "jsl_run",
+        "device": "cpu",
+        "num_train_epochs": args.jsl_epochs,
+        # trained once and saved here: no evaluation or checkpoints
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+        "disable_tqdm": True,
+        "logging_steps": 10,
+        "seed": args.seed,
+        **JSL_SIZES[args.jsl_size],
+    }
     if args.jsl_train_samples:
-        flags += ["--max_train_samples", str(args.jsl_train_samples)]
+        overrides["max_train_samples"] = args.jsl_train_samples
+    flags = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
     defaults = load_recipe("jsl_seq2seq.py").RECIPE_DEFAULTS
     jsl_args, training_args = parse_recipe_args((JslArguments, Seq2SeqTrainingArguments), defaults, flags)
     splits, _, final_split = load_training_pairs(jsl_args, seed=training_args.seed)
@@ -1069,7 +1061,16 @@ def jsl_checks(args: GpuCheckArguments, work: Path, cuda: bool) -> tuple[dict[st
             cuda_model, tokenizer, ja, repeats=args.generation_repeats
         )
         log(f"JSL CUDA generation: {result['speed']['cuda']}")
-        checks.append(v.Check("jsl/cuda_generation_speed", v.PASS, json.dumps(result["speed"]["cuda"])))
+        speed = result["speed"]["cuda"]
+        checks.append(
+            v.Check(
+                "jsl/cuda_generation_speed",
+                v.PASS,
+                f"batched {speed['batched_greedy_sentences_per_second']:,.0f} sentences/s (batch "
+                f"{speed['batch_size']}), one sentence p50 {speed['single_sentence_p50_latency_ms']} ms",
+                speed,
+            )
+        )
         del cuda_model
     else:
         for what in ("cuda_fp32_logits", "cuda_fp32_glosses", "cuda_generation_speed"):
