@@ -18,8 +18,9 @@ Exit code 0 when every check passed (skipped ones aside), 1 when any failed, 2 f
    (the same with `--load_in_4bit`: bitsandbytes' CUDA kernels) and BitFit (`sentiment_bitfit.py`). Every batch
    is padded to 128 tokens, the shape the plan is made for. Each setting runs as requested and, where
    `--memory_budget` changes it, as the plan for the budget. For each run: the plan's tensor estimate vs
-   `torch.cuda.max_memory_allocated` (within `--memory_tolerance`), every step done under the cap, every
-   logged loss finite, fp16 GradScaler steps skipped (at most `--max_skipped_fraction`), samples/s.
+   `torch.cuda.max_memory_allocated` (within `--memory_tolerance`), every step done under the cap (reserved
+   memory plus the CUDA context within the budget), every logged loss finite, fp16 GradScaler steps skipped
+   (at most `--max_skipped_fraction`), samples/s.
 3. **JSL agreement**: the JSL model trained briefly on CPU (the recipe's defaults and building blocks), saved,
    loaded on CUDA in fp32: teacher-forced logits on the test split within 1e-4 relative (max |diff| /
    max |CPU|), greedy glosses identical; then loaded on CUDA in fp16 and in bf16, saved from there, loaded on
@@ -721,14 +722,13 @@ def train(
     return result
 
 
-def run_setting(setting: Setting, ctx: dict[str, Any]) -> tuple[list[dict], list[v.Check]]:
-    """Plan, check the plan is applied, then train each variant (GPU) or smoke-train the plan's one (dry run)."""
+def run_setting(setting: Setting, ctx: dict[str, Any], rows: list[dict], checks: list[v.Check]) -> None:
+    """Plan, check the plan is applied, then train each variant (GPU) or smoke-train on CPU (dry run). Rows and
+    verdicts are appended as they come, so a later failure keeps them."""
     from hftune import hardware, memory
     from hftune.training import prepare_training_args
 
     args: GpuCheckArguments = ctx["args"]
-    rows: list[dict] = []
-    checks: list[v.Check] = []
     name = setting.name
     work = Path(ctx["work"]) / name
     parsed = recipe_arguments(setting, ctx["model_path"], work, args, ctx["memory_fraction"])
@@ -747,7 +747,7 @@ def run_setting(setting: Setting, ctx: dict[str, Any]) -> tuple[list[dict], list
         )
     except HftuneError as err:
         checks.append(v.failed(f"{name}/plan", str(err)))
-        return rows, checks
+        return
     checks.append(v.Check(f"{name}/plan", v.PASS, plan.summary(), {"reasons": plan.reasons}))
 
     # The recipes' preflight with the plan applied, as `--memory_budget` runs it.
@@ -786,24 +786,26 @@ def run_setting(setting: Setting, ctx: dict[str, Any]) -> tuple[list[dict], list
         bool(parsed["training"].gradient_checkpointing),
     ):
         variants.append(("plan", parsed["model"], planned_args))
+    own_rows: list[dict] = []  # this setting's, also in `rows`
     for variant, _, variant_args in variants:
-        rows.append(plan_row(setting, variant, plan, variant_args, decision, quantization, model))
+        own_rows.append(plan_row(setting, variant, plan, variant_args, decision, quantization, model))
+        rows.append(own_rows[-1])
         log(
             f"{name} ({variant}): batch {variant_args.per_device_train_batch_size} x "
-            f"{variant_args.gradient_accumulation_steps}, predicted {rows[-1]['predicted_tensors_bytes'] / 2**20:,.0f} MiB "
-            f"tensors, {rows[-1]['predicted_peak_bytes'] / 2**20:,.0f} MiB with CUDA context and margin"
+            f"{variant_args.gradient_accumulation_steps}, predicted {own_rows[-1]['predicted_tensors_bytes'] / 2**20:,.0f} MiB "
+            f"tensors, {own_rows[-1]['predicted_peak_bytes'] / 2**20:,.0f} MiB with CUDA context and margin"
         )
 
     if ctx["dry_run"]:
-        for row in rows:
+        for row in own_rows:
             tag = f"{name}/{row['variant']}"
             for what in ("fits", "memory_estimate", "finite_loss", "fp16_skipped_steps"):
                 checks.append(v.skipped(f"{tag}/{what}", "needs CUDA (--dry-run)"))
         if args.cpu_smoke_steps:
             checks.append(cpu_smoke(setting, parsed, model, tokenizer, quantization, ctx))
-        return rows, checks
+        return
 
-    for index, (row, (variant, model_args, _)) in enumerate(zip(rows, variants, strict=True)):
+    for index, (row, (variant, model_args, _)) in enumerate(zip(own_rows, variants, strict=True)):
         tag = f"{name}/{variant}"
         if not row["plan_fits_budget"]:
             for what in ("fits", "memory_estimate", "finite_loss", "fp16_skipped_steps"):
@@ -827,7 +829,6 @@ def run_setting(setting: Setting, ctx: dict[str, Any]) -> tuple[list[dict], list
         checks += gpu_run_checks(tag, row, measured, run_args, ctx)
     del model
     ctx["memory"].release()
-    return rows, checks
 
 
 def gpu_run_checks(tag: str, row: dict, measured: dict, run_args: Any, ctx: dict[str, Any]) -> list[v.Check]:
@@ -1017,18 +1018,21 @@ def saved_dtype(folder: Path) -> str:
         return str(handle.get_tensor(next(iter(handle.keys()))).dtype)
 
 
-def jsl_checks(args: GpuCheckArguments, work: Path, cuda: bool) -> tuple[dict[str, Any], list[v.Check]]:
+def jsl_checks(
+    args: GpuCheckArguments, work: Path, cuda: bool, result: dict[str, Any], checks: list[v.Check]
+) -> None:
+    """The JSL agreement checks; figures go into `result` and verdicts into `checks` as they come."""
     from hftune.jsl.artifacts import load_jsl_model, save_jsl_model
     from hftune.jsl.translate import measure_generation_speed, translate
 
     log("JSL: training briefly on CPU")
     folder, test, facts = train_jsl_on_cpu(args, work)
     ja, gloss = list(test["ja"]), list(test["gloss"])
-    checks = [v.finite_loss_check("jsl/cpu_training", facts["losses"])]
+    checks.append(v.finite_loss_check("jsl/cpu_training", facts["losses"]))
     cpu_model, tokenizer = load_jsl_model(folder, device="cpu")
     reference = jsl_logits(cpu_model, tokenizer, ja, gloss)
     cpu_glosses = translate(ja, cpu_model, tokenizer)
-    result: dict[str, Any] = {"training": facts, "speed": {}}
+    result.update(training=facts, speed={})
     result["speed"]["cpu"] = measure_generation_speed(
         cpu_model, tokenizer, ja, repeats=args.generation_repeats
     )
@@ -1110,8 +1114,8 @@ def jsl_checks(args: GpuCheckArguments, work: Path, cuda: bool) -> tuple[dict[st
             checks.append(v.skipped(f"jsl/{dtype_name}_saved_on_cuda_logits", "needs CUDA (--dry-run)"))
         del half, back
     for check in checks:
-        log(f"{check.name}: {check.status}: {check.detail}")
-    return result, checks
+        if check.name.startswith("jsl/"):
+            log(f"{check.name}: {check.status}: {check.detail}")
 
 
 # --- report -------------------------------------------------------------------------------------------------
@@ -1307,7 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = real.device_type == "cuda"
     if not cuda and not args.dry_run:
         raise HftuneError(f"no CUDA device here (found: {real.device_type}); run with --dry-run on CPU")
-    dry_run = args.dry_run or not cuda
+    dry_run = args.dry_run
     budget_bytes = parse_size(args.budget, "--budget")
     memory_fraction = None
     if not dry_run:
@@ -1351,16 +1355,10 @@ def main(argv: list[str] | None = None) -> int:
         all_settings = settings_for(model_info["num_hidden_layers"])
         for name in args.settings:
             log(f"--- {name}: {all_settings[name].description}")
-            outcome = guarded(f"{name}/run", checks, run_setting, all_settings[name], ctx)
-            if outcome is not None:
-                runs += outcome[0]
-                checks += outcome[1]
-        jsl = None
+            guarded(f"{name}/run", checks, run_setting, all_settings[name], ctx, runs, checks)
+        jsl: dict[str, Any] = {}
         if args.jsl:
-            outcome = guarded("jsl/run", checks, jsl_checks, args, work, not dry_run)
-            if outcome is not None:
-                jsl, jsl_part = outcome
-                checks += jsl_part
+            guarded("jsl/run", checks, jsl_checks, args, work, not dry_run, jsl, checks)
         else:
             checks.append(v.skipped("jsl", "--no_jsl"))
 
@@ -1383,7 +1381,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": data_info,
         "preflight": preflight_lines,
         "runs": runs,
-        "jsl": jsl,
+        "jsl": jsl or None,
         "checks": [c.as_dict() for c in checks],
         "summary": summary,
     }

@@ -172,8 +172,9 @@ class StandInAllocator:
 
 
 def test_the_gpu_training_path_runs_on_cpu_with_a_stand_in_allocator(gpu_check, tmp_path: Path) -> None:
-    """Everything a GPU run does after the allocator: the recipe parsing, prepare_training_args with the emulated
-    card (fp16), both variants of the user's setting trained with hftune's Trainer, the verdicts and the table."""
+    """Everything a GPU run does but read the allocator: the recipe parsing, prepare_training_args with the emulated
+    card (fp16), both variants of the user's setting and BitFit trained with hftune's Trainer, the verdicts and the
+    table."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -185,7 +186,7 @@ def test_the_gpu_training_path_runs_on_cpu_with_a_stand_in_allocator(gpu_check, 
     BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                              intermediate_size=64, num_labels=6)).save_pretrained(folder)  # fmt: skip
     AutoTokenizer.from_pretrained(embedded_encoder_path()).save_pretrained(folder)
-    args = gpu_check.parse_args(["--steps", "3", "--warmup_steps", "0", "--settings", "user"])
+    args = gpu_check.parse_args(["--steps", "2", "--warmup_steps", "0"])
     data, _ = gpu_check.load_data("synthetic", tmp_path, seed=0)
     real = detect_hardware()
     allocator = StandInAllocator(peak_allocated=100 * MIB + 60 * MIB, peak_reserved=300 * MIB)
@@ -193,32 +194,33 @@ def test_the_gpu_training_path_runs_on_cpu_with_a_stand_in_allocator(gpu_check, 
            "turing": gpu_check.emulated_turing(real), "dry_run": False, "memory_fraction": None,
            "budget_bytes": 6 * GIB, "memory": allocator,
            "train_dataset": lambda tokenizer: gpu_check.tokenized_train(data, tokenizer)}  # fmt: skip
-    rows, checks = gpu_check.run_setting(gpu_check.settings_for(2)["user"], ctx)
+    rows, checks = [], []
+    settings = gpu_check.settings_for(2)
+    for name in ("user", "bitfit"):  # both into the same lists, as main() runs them
+        gpu_check.run_setting(settings[name], ctx, rows, checks)
 
-    assert [(r["variant"], r["per_device_train_batch_size"], r["gradient_accumulation_steps"]) for r in rows] == [
-        ("requested", 8, 4), ("plan", 32, 1)
-    ]  # fmt: skip
+    runs = [(r["setting"], r["variant"], r["per_device_train_batch_size"], r["gradient_accumulation_steps"])
+            for r in rows]  # fmt: skip
+    assert runs == [("user", "requested", 8, 4), ("user", "plan", 32, 1), ("bitfit", "requested", 32, 1)]
     by_name = {c.name: c for c in checks}
+    assert len(by_name) == len(checks) == 3 * 4 + 2 * 2  # 4 verdicts per run; plan, plan_applied per setting
     for row in rows:
         measured = row["measured"]
-        assert measured["steps_done"] == 3 and not measured["out_of_memory"]
-        assert len(measured["losses"]) == 3 and all(math.isfinite(x) for x in measured["losses"])
+        assert measured["steps_done"] == 2 and not measured["out_of_memory"]
+        assert len(measured["losses"]) == 2 and all(math.isfinite(x) for x in measured["losses"])
         assert measured["peak_allocated_bytes"] == 60 * MIB  # the allocator's peak less what was there before
         assert measured["samples_per_second"] > 0
-        tag = f"user/{row['variant']}"
+        tag = f"{row['setting']}/{row['variant']}"
         assert by_name[f"{tag}/fits"].status == v.PASS  # 300 MiB reserved + 400 MiB context within 6 GiB
         assert by_name[f"{tag}/finite_loss"].status == v.PASS
-        assert by_name[f"{tag}/fp16_skipped_steps"].figures == {
-            "skipped_steps": 0,
-            "steps": 3,
-            "precision": "fp16",
-        }
+        skipped = by_name[f"{tag}/fp16_skipped_steps"].figures
+        assert skipped == {"skipped_steps": 0, "steps": 2, "precision": "fp16"}
         estimate = by_name[f"{tag}/memory_estimate"]
         assert estimate.figures["measured_mb"] == 60
         assert estimate.figures["error"] == pytest.approx(
             (row["predicted_tensors_bytes"] - 60 * MIB) / (60 * MIB)
         )
-    assert by_name["user/plan_applied"].status == v.PASS
+    assert by_name["user/plan_applied"].status == by_name["bitfit/plan_applied"].status == v.PASS
 
     report = {"gpu": {"torch": "t", "transformers": "t", "peft": "p", "bitsandbytes": "b"}, "dry_run": False,
               "emulation": {"description": "6GB"}, "model": {"description": "tiny"},
@@ -226,7 +228,7 @@ def test_the_gpu_training_path_runs_on_cpu_with_a_stand_in_allocator(gpu_check, 
               "checks": [c.as_dict() for c in checks], "summary": v.summarize(checks)}  # fmt: skip
     table = gpu_check.markdown_report(report)
     error = by_name["user/plan/memory_estimate"].figures["error"]
-    assert "| user | plan | 32 x 1 | fp16 | " in table and f"| {error:+.1%} | 3 | 0 | yes |" in table
+    assert "| user | plan | 32 x 1 | fp16 | " in table and f"| {error:+.1%} | 2 | 0 | yes |" in table
 
 
 def test_random_distilbert_folder_loads_as_the_recipes_load_it(gpu_check, tmp_path: Path) -> None:
@@ -240,6 +242,27 @@ def test_random_distilbert_folder_loads_as_the_recipes_load_it(gpu_check, tmp_pa
     encoded = tokenizer(["i feel happy"], padding="max_length", max_length=16, return_tensors="pt")
     assert set(encoded) == {"input_ids", "attention_mask"} and tokenizer.pad_token_id == 0
     assert model(**encoded).logits.shape == (1, 6)
+
+
+def test_a_part_that_raises_becomes_a_failed_check_and_the_run_goes_on(gpu_check, capsys) -> None:
+    checks = []
+    assert gpu_check.guarded("lora/run", checks, lambda: 1 / 0) is None
+    (check,) = checks
+    assert check.status == v.FAIL and check.detail.startswith("ZeroDivisionError")
+    assert "Traceback" in check.figures["traceback"] and "lora/run raised" in capsys.readouterr().out
+
+
+def test_an_image_with_an_older_transformers_is_refused_with_the_fix(gpu_check, monkeypatch) -> None:
+    from hftune.errors import HftuneError
+
+    real = gpu_check._version_of
+    monkeypatch.setattr(
+        gpu_check, "_version_of", lambda name: "5.17.0" if name == "transformers" else real(name)
+    )
+    with pytest.raises(
+        HftuneError, match=r"transformers 5\.17\.0 \(needs >= 5\.23\): carry the pinned wheels"
+    ):
+        gpu_check.check_versions()
 
 
 def test_markdown_cells_keep_pipes_and_newlines_inside(gpu_check) -> None:
