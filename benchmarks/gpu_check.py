@@ -935,6 +935,7 @@ def max_relative_error(reference: list[torch.Tensor], other: list[torch.Tensor])
 def train_jsl_on_cpu(args: GpuCheckArguments, work: Path) -> tuple[Path, Any, dict[str, Any]]:
     """The JSL recipe's defaults and building blocks, trained briefly on CPU; returns (folder, test split, facts)."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
     from hftune.config import parse_recipe_args
     from hftune.jsl.artifacts import save_jsl_model
@@ -958,7 +959,7 @@ def train_jsl_on_cpu(args: GpuCheckArguments, work: Path) -> tuple[Path, Any, di
         "save_strategy": "no",
         "load_best_model_at_end": False,
         "disable_tqdm": True,
-        "logging_steps": 10,
+        "logging_steps": 1,  # every loss is checked for inf/NaN
         "seed": args.seed,
         **JSL_SIZES[args.jsl_size],
     }
@@ -979,6 +980,7 @@ def train_jsl_on_cpu(args: GpuCheckArguments, work: Path) -> tuple[Path, Any, di
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
     )
+    trainer.remove_callback(PrinterCallback)  # one dict per step on stdout otherwise
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
@@ -1019,9 +1021,10 @@ def saved_dtype(folder: Path) -> str:
 
 
 def jsl_checks(
-    args: GpuCheckArguments, work: Path, cuda: bool, result: dict[str, Any], checks: list[v.Check]
+    args: GpuCheckArguments, work: Path, gpu: str | None, result: dict[str, Any], checks: list[v.Check]
 ) -> None:
-    """The JSL agreement checks; figures go into `result` and verdicts into `checks` as they come."""
+    """The JSL agreement checks against the `gpu` device ("cuda"; None in a dry run: those checks are skipped);
+    figures go into `result` and verdicts into `checks` as they come."""
     from hftune.jsl.artifacts import load_jsl_model, save_jsl_model
     from hftune.jsl.translate import measure_generation_speed, translate
 
@@ -1038,9 +1041,9 @@ def jsl_checks(
     )
     log(f"JSL CPU generation: {result['speed']['cpu']}")
 
-    source = "cuda" if cuda else "cpu"
-    if cuda:
-        cuda_model, _ = load_jsl_model(folder, device="cuda")
+    source = gpu or "cpu"
+    if gpu:
+        cuda_model, _ = load_jsl_model(folder, device=gpu)
         result["cuda_numerics"] = {
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
@@ -1110,7 +1113,7 @@ def jsl_checks(
                 f"{same}/{len(ja)} greedy glosses unchanged",
             )
         )
-        if not cuda:
+        if not gpu:
             checks.append(v.skipped(f"jsl/{dtype_name}_saved_on_cuda_logits", "needs CUDA (--dry-run)"))
         del half, back
     for check in checks:
@@ -1358,7 +1361,7 @@ def main(argv: list[str] | None = None) -> int:
             guarded(f"{name}/run", checks, run_setting, all_settings[name], ctx, runs, checks)
         jsl: dict[str, Any] = {}
         if args.jsl:
-            guarded("jsl/run", checks, jsl_checks, args, work, not dry_run, jsl, checks)
+            guarded("jsl/run", checks, jsl_checks, args, work, None if dry_run else "cuda", jsl, checks)
         else:
             checks.append(v.skipped("jsl", "--no_jsl"))
 

@@ -231,6 +231,22 @@ def test_the_gpu_training_path_runs_on_cpu_with_a_stand_in_allocator(gpu_check, 
     assert "| user | plan | 32 x 1 | fp16 | " in table and f"| {error:+.1%} | 2 | 0 | yes |" in table
 
 
+def test_the_jsl_gpu_branch_runs_on_cpu(gpu_check, tmp_path: Path) -> None:
+    """The JSL checks a GPU run makes, with CPU standing in for the card: same numbers, so zero error."""
+    args = gpu_check.parse_args(["--jsl_size", "tiny", "--jsl_train_samples", "64", "--jsl_epochs", "1",
+                                 "--generation_repeats", "2"])  # fmt: skip
+    result, checks = {}, []
+    gpu_check.jsl_checks(args, tmp_path, "cpu", result, checks)
+    by_name = {c.name: c for c in checks}
+    assert all(c.status == v.PASS for c in checks), [c.detail for c in checks if c.status != v.PASS]
+    assert set(by_name) == {"jsl/cpu_training", "jsl/cuda_fp32_logits", "jsl/cuda_fp32_glosses",
+                            "jsl/cuda_generation_speed", "jsl/fp16_saved_on_cpu_logits",
+                            "jsl/bf16_saved_on_cpu_logits"}  # fmt: skip
+    assert by_name["jsl/cuda_fp32_logits"].figures["relative_error"] == 0.0
+    assert set(result["speed"]) == {"cpu", "cuda"} and result["training"]["steps"] == 2
+    assert [h["saved_from"] for h in result["half_precision"]] == ["cpu", "cpu"]
+
+
 def test_random_distilbert_folder_loads_as_the_recipes_load_it(gpu_check, tmp_path: Path) -> None:
     from hftune.models import count_parameters, load_classifier
 
