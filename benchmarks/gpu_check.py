@@ -431,7 +431,7 @@ def random_distilbert_folder(texts: list[str], num_labels: int, folder: Path, vo
     return folder
 
 
-def choose_model(choice: str, data, work: Path) -> tuple[str, dict[str, Any]]:
+def choose_model(choice: str, data: Any, work: Path) -> tuple[str, dict[str, Any]]:
     from transformers import AutoConfig
 
     from hftune.models import EMBEDDED_ENCODER_HUB_ID, embedded_encoder_path
