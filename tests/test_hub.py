@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from hftune.errors import HftuneError
-from hftune.hub import EMBEDDED_ENCODER_HUB_ID, download_run, publish_run
+from hftune.hub import download_run, publish_run
+from hftune.models import EMBEDDED_ENCODER_HUB_ID
 
 pytest_plugins = ["hub_server"]
 
@@ -42,7 +43,7 @@ RESULTS = {
 
 
 def _write_results_and_card(run: Path, **changes) -> None:
-    from hftune.cards import write_model_card
+    from hftune.reporting.cards import write_model_card
 
     results = {**RESULTS, **changes}
     (run / "results.json").write_text(json.dumps(results))
