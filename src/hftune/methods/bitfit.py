@@ -97,7 +97,7 @@ register_artifact(Artifact("bitfit", BITFIT_CONFIG, _load_bitfit_classifier))
 register(
     Method(
         name="bitfit",
-        summary="BitFit: only the bias terms and the task head train",
+        summary="BitFit fine-tune (only the bias terms and the task head trained)",
         artifact="bitfit",
         apply=apply_bitfit,
         plan=lambda model, settings: apply_bitfit(model),

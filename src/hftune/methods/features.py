@@ -226,7 +226,7 @@ register_artifact(
 register(
     Method(
         name="features",
-        summary="feature extraction: a classifier on the frozen body's pooled hidden states",
+        summary="feature-extraction classifier (a head fitted on the frozen model's pooled hidden states)",
         artifact="features",
         apply=apply_features,
         plan=lambda model, settings: apply_features(model),

@@ -52,7 +52,7 @@ register_artifact(Artifact("full", "config.json", load_full_classifier))
 register(
     Method(
         name="full",
-        summary="full fine-tuning: every weight trains",
+        summary="full fine-tune (every weight trained)",
         artifact="full",
         apply=apply_full,
         plan=lambda model, settings: apply_full(model),
@@ -62,7 +62,7 @@ register(
 register(
     Method(
         name="freeze",
-        summary="full fine-tuning with the embeddings and lower layers frozen",
+        summary="fine-tune with the embeddings and/or lower layers frozen",
         artifact="full",
         apply=apply_freeze,
         plan=_plan_freeze,

@@ -125,7 +125,7 @@ register_artifact(Artifact("adapter", "adapter_config.json", load_lora_classifie
 register(
     Method(
         name="lora",
-        summary="LoRA: low-rank adapters on the attention projections, the task head trained fully",
+        summary="LoRA adapter (low-rank updates to the attention weights; the base model stays frozen)",
         artifact="adapter",
         apply=apply_lora,
         plan=_plan_lora,
@@ -135,7 +135,7 @@ register(
 register(
     Method(
         name="qlora",
-        summary="QLoRA: LoRA over a 4-bit NF4 quantised base model",
+        summary="QLoRA adapter (LoRA trained over a 4/8-bit quantised, frozen base model)",
         artifact="adapter",
         apply=apply_lora,
         plan=_plan_lora,

@@ -23,6 +23,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hftune.data.prompts import JSL_INSTRUCTION, render_alpaca_prompt, user_text
 from hftune.errors import HftuneError
+from hftune.methods import METHODS
 from hftune.models import EMBEDDED_ENCODER_HUB_ID, embedded_encoder_path
 from hftune.results import RESULTS_FILE, RunRecord, read_results
 from hftune.runtime import resource_dir
@@ -40,15 +41,8 @@ _TASKS: dict[str, tuple[str, str, str]] = {
 }
 _ARTIFACTS = ("adapter", "full", "bitfit", "features", "remote-code")
 
-_METHOD_SUMMARIES = {
-    "lora": "LoRA adapter (low-rank updates to the attention weights; the base model stays frozen)",
-    "qlora": "QLoRA adapter (LoRA trained over a 4/8-bit quantised, frozen base model)",
-    "full": "full fine-tune (every weight trained)",
-    "freeze": "fine-tune with the embeddings and/or lower layers frozen",
-    "bitfit": "BitFit fine-tune (only the bias terms and the task head trained)",
-    "features": "feature-extraction classifier (a head fitted on the frozen model's pooled hidden states)",
-    "scratch": "model trained from scratch",
-}
+# Methods without a registry entry: the JSL model trains from scratch.
+_UNREGISTERED_METHOD_SUMMARIES = {"scratch": "model trained from scratch"}
 
 # Trainer's throughput bookkeeping, not model quality: kept out of the model-index.
 _NOT_QUALITY_METRICS = frozenset({"runtime", "samples_per_second", "steps_per_second", "epoch"})
@@ -351,7 +345,11 @@ def build_model_card(record: RunRecord | Mapping[str, Any], run_dir: Path | None
         model_title=model_name,
         method=method,
         artifact=artifact,
-        method_summary=_METHOD_SUMMARIES.get(method, f"{method} fine-tune"),
+        method_summary=(
+            METHODS[method].summary
+            if method in METHODS
+            else _UNREGISTERED_METHOD_SUMMARIES.get(method, method)
+        ),
         # Local paths are shown by folder name only: they mean nothing elsewhere and may reveal user names.
         base_model_display=base_model_id or (f"{Path(base_model).name} (local)" if base_model else "none"),
         dataset_display=dataset_hub_id or f"{dataset_type} (local)",
