@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import dataclasses
 import json
 import os
 import runpy
@@ -83,14 +84,18 @@ def tiny_runs(tmp_path_factory, emotion_dir) -> tuple[Path, Path, Path]:
 @pytest.mark.slow  # three `accelerate launch` processes: ~2 min on a quiet 2-core machine, far more when shared
 def test_run_trains_each_method_and_reports_the_failing_one(tmp_path, emotion_dir):
     train_file, validation_file = write_tiny_emotion(emotion_dir, tmp_path / "data")
-    methods = {name: ("sentiment_lora.py", ("--lora_r", str(r))) for name, r in RUNS.items()}
+    lora = leaderboard.METHODS["lora"]
+    methods = {
+        name: dataclasses.replace(lora, name=name, recipe_flags=("--lora_r", str(r)))
+        for name, r in RUNS.items()
+    }
     # A method whose recipe rejects its flags: reported, while the others still render.
-    methods["broken"] = ("sentiment_lora.py", ("--no_such_flag", "1"))
+    methods["broken"] = dataclasses.replace(lora, name="broken", recipe_flags=("--no_such_flag", "1"))
     root = tmp_path / "runs"
     argv = ["--run", "--methods", *methods, "--train_file", str(train_file), "--validation_file",
             str(validation_file), "--num_train_epochs", "1", "--output_dir", str(root), "--", *TINY_RECIPE_ARGS]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(leaderboard, "METHOD_RECIPES", methods)
+        patch.setattr(leaderboard, "leaderboard_methods", lambda: methods)
         assert leaderboard.leaderboard_command(argv) == 1  # one method failed
     board = json.loads((root / "leaderboard.json").read_text(encoding="utf-8"))
     assert sorted(row["run"] for row in board["rows"]) == sorted(RUNS)
