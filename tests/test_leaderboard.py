@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import functools
 import dataclasses
+import functools
 import json
 import os
 import runpy
