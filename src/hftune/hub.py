@@ -86,12 +86,12 @@ def publish_run(
     with tempfile.TemporaryDirectory(prefix="hftune-publish-") as tmp:
         staged = Path(tmp) / "repo"
         if merged:
-            _build_merged_folder(run_dir, files, adapter_config, staged)
+            _build_merged_folder(run_dir, files, adapter_config, staged, repo_id)
         else:
             _stage_files(run_dir, files, staged)
             if adapter_config is not None:
                 _point_adapter_at_hub_base(staged / "adapter_config.json", adapter_config)
-        _name_repo_in_card(staged, repo_id)
+            _name_repo_in_card(staged, repo_id)
         message = commit_message or f"Publish {run_dir.resolve().name} with hftune"
         return _upload(staged, repo_id, endpoint, token, private, revision, message)
 
@@ -274,13 +274,16 @@ def _validate_card(card: Path) -> None:
     cards.validate_card(card)
 
 
-def _name_repo_in_card(staged: Path, repo_id: str) -> None:
+def _name_repo_in_card(staged: Path, repo_id: str, *, merged: bool = False) -> None:
     """Cards are written before the repo id is known. An hftune run's card is rendered again from its record
-    with the repo id (title, model-index name, loading snippet); another card gets the id in its snippet."""
+    with the repo id (title, model-index name, loading snippet; a merged adapter as the full model it now is);
+    another card gets the id in its snippet."""
     card = staged / "README.md"
     if (staged / RESULTS_FILE).is_file():
         record = read_results(staged)
         record.repo_id = repo_id
+        if merged:
+            record.artifact = "full"
         card.unlink()  # staged files may be hard links into the run folder: never write through them
         cards.write_model_card(staged, record)
         write_results(staged, record)  # replaces the file by rename, so the run's own copy is untouched
@@ -396,7 +399,9 @@ def _point_adapter_at_hub_base(staged_config: Path, adapter_config: dict[str, An
     )
 
 
-def _build_merged_folder(run_dir: Path, files: list[str], adapter_config: dict[str, Any], out: Path) -> None:
+def _build_merged_folder(
+    run_dir: Path, files: list[str], adapter_config: dict[str, Any], out: Path, repo_id: str
+) -> None:
     """Base + adapter merged with peft, saved as a plain transformers folder with the run's other files."""
     import peft
     from huggingface_hub import ModelCard
@@ -431,6 +436,7 @@ def _build_merged_folder(run_dir: Path, files: list[str], adapter_config: dict[s
     )
     AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(out)
 
+    _name_repo_in_card(out, repo_id, merged=True)
     card = ModelCard.load(out / "README.md")
     card.data.library_name = "transformers"
     card.data.tags = sorted({*(card.data.tags or []), "merged-adapter"} - {"peft"})
