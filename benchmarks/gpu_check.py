@@ -557,9 +557,12 @@ def quantization_of(setting: Setting, parsed: dict[str, Any]) -> str | None:
 
 def build_model(setting: Setting, parsed: dict[str, Any], model_path: str, data: Any) -> tuple[Any, Any]:
     """(model with the method applied, tokenizer): the recipe's own lines."""
+    from transformers import set_seed
+
     from hftune import methods
     from hftune.models import load_classifier
 
+    set_seed(parsed["training"].seed)  # as the recipes do: new heads and LoRA weights draw from it
     lora = setting.recipe == "sentiment_lora.py"
     model, tokenizer = load_classifier(
         model_path,
@@ -684,8 +687,8 @@ def train(
     from transformers import DataCollatorWithPadding
     from transformers.trainer_callback import PrinterCallback
 
-    from hftune.hardware import MemoryCallback
-    from hftune.training import AtomicCheckpointTrainer
+    from hftune.training.callbacks import MemoryCallback
+    from hftune.training.trainer import AtomicCheckpointTrainer
 
     recorder = StepRecorder()
     trainer = AtomicCheckpointTrainer(
@@ -726,7 +729,7 @@ def run_setting(setting: Setting, ctx: dict[str, Any], rows: list[dict], checks:
     """Plan, check the plan is applied, then train each variant (GPU) or smoke-train on CPU (dry run). Rows and
     verdicts are appended as they come, so a later failure keeps them."""
     from hftune import hardware, memory
-    from hftune.training import prepare_training_args
+    from hftune.training.setup import prepare_training_args
 
     args: GpuCheckArguments = ctx["args"]
     name = setting.name
@@ -875,7 +878,7 @@ def cpu_smoke(
     setting: Setting, parsed: dict, model: Any, tokenizer: Any, quantization: str | None, ctx: dict[str, Any]
 ) -> v.Check:
     """A few CPU fp32 steps through the same Trainer wiring, so a broken run shows up before a GPU is at hand."""
-    from hftune.training import prepare_training_args
+    from hftune.training.setup import prepare_training_args
 
     args: GpuCheckArguments = ctx["args"]
     smoke_args, decision = prepare_training_args(

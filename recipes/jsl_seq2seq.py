@@ -24,7 +24,7 @@ from hftune.jsl.train import (
     load_training_pairs,
     run_jsl_training,
 )
-from hftune.training import finish
+from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     # Optimisation: a small Transformer from scratch takes a high learning rate with warmup and linear decay

@@ -20,7 +20,9 @@ from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
 from hftune.methods import apply_bitfit, save_bitfit
 from hftune.models import embedded_encoder_path, load_classifier, resolve_model_name
-from hftune.training import finish, prepare_training_args, run_classification
+from hftune.tasks.classification import run_classification
+from hftune.training.setup import prepare_training_args
+from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     **CLASSIFIER_DEFAULTS,
@@ -59,7 +61,6 @@ def main() -> None:
         model_args=model_args,
         data_args=data_args,
         method="bitfit",
-        artifact="bitfit",
         decision=decision,
         base_model=base_model,
         # Only the trained tensors: the base model comes back from its own folder or Hub id.

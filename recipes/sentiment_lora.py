@@ -22,7 +22,9 @@ from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
 from hftune.methods import apply_lora, quantization_config
 from hftune.models import embedded_encoder_path, load_classifier, resolve_model_name
-from hftune.training import finish, prepare_training_args, run_classification
+from hftune.tasks.classification import run_classification
+from hftune.training.setup import prepare_training_args
+from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     **CLASSIFIER_DEFAULTS,
@@ -65,7 +67,6 @@ def main() -> None:
         model_args=model_args,
         data_args=data_args,
         method="qlora" if quantization else "lora",
-        artifact="adapter",
         decision=decision,
         base_model=base_model,
     )

@@ -25,7 +25,7 @@ from hftune.memory import (
 )
 from hftune.methods import apply_lora
 from hftune.models import load_classifier
-from hftune.training import prepare_training_args
+from hftune.training.setup import prepare_training_args
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ = 64

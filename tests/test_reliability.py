@@ -34,7 +34,7 @@ from hftune.persistence import (
     verify_weights,
     write_weights_manifest,
 )
-from hftune.training import EpochSeededLengthGroupedSampler, last_checkpoint
+from hftune.training.trainer import EpochSeededLengthGroupedSampler, last_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = [
@@ -252,7 +252,8 @@ def test_a_truncated_file_without_a_manifest_is_still_refused(lora_reference, tm
 
 
 def test_load_bitfit_verifies_its_weights(minilm_path, tmp_path):
-    from hftune.methods import BITFIT_WEIGHTS, apply_bitfit, load_bitfit, save_bitfit
+    from hftune.methods import apply_bitfit, load_bitfit, save_bitfit
+    from hftune.methods.bitfit import BITFIT_WEIGHTS
     from hftune.models import load_classifier
 
     model, _ = load_classifier(minilm_path, {0: "negative", 1: "positive"})

@@ -33,6 +33,9 @@ import torch
 from torch import nn
 
 from hftune.errors import HftuneError
+from hftune.hardware import decide_precision, detect_hardware
+from hftune.methods import METHODS, PlanSettings, get_method, method_for_recipe
+from hftune.models import embedded_encoder_path
 
 GIB = 2**30
 MIB = 2**20
@@ -41,7 +44,6 @@ SAFETY_MARGIN = 0.10
 OPTIMIZERS = ("adamw", "adamw_8bit")
 # TrainingArguments.optim value for each optimizer choice.
 TRAINER_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit"}
-METHODS = ("full", "freeze", "lora", "qlora", "bitfit")
 _BNB_MIN_8BIT_SIZE = 4096
 _BNB_BLOCKSIZE = 256
 # NF4: 4 bits per weight + absmax per 64-weight block, itself quantised to 8 bits with an fp32 absmax per 256.
@@ -519,8 +521,6 @@ def model_from_config(
     """A randomly initialised model with the shape of `model_name_or_path` (no weights are read)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from hftune.models import embedded_encoder_path
-
     name = model_name_or_path or embedded_encoder_path()
     if name in KNOWN_SHAPES:
         config = KNOWN_SHAPES[name]()
@@ -549,24 +549,17 @@ def prepare_for_method(
     lora_r: int = 8,
     lora_target_modules: list[str] | None = None,
 ) -> nn.Module:
-    """Set `requires_grad` (or wrap with LoRA) with the recipes' own method functions, so the plan counts
-    exactly what the run will train. `freeze` defaults to the embeddings plus the lower half of the layers."""
-    from hftune import methods
-    from hftune.config import FreezeArguments, LoraArguments
-
-    if method not in METHODS:
-        raise HftuneError(f"--method {method!r} is not one of {', '.join(METHODS)}.")
-    if method in ("lora", "qlora"):
-        # Quantisation is accounted for by the estimate itself; here only the adapter layout matters.
-        lora = LoraArguments(lora_r=lora_r, lora_alpha=2 * lora_r, lora_target_modules=lora_target_modules)
-        return methods.apply_lora(model, lora, task_type="CAUSAL_LM" if _is_causal_lm(model) else "SEQ_CLS")
-    if method == "freeze":
-        if freeze_layers is None:
-            freeze_layers = len(methods.encoder_layers(model)) // 2
-        return methods.apply_freeze(
-            model, FreezeArguments(freeze_embeddings=True, freeze_layers=freeze_layers)
-        )
-    return methods.METHODS[method](model)
+    """Set `requires_grad` (or wrap with LoRA) with the method's registered plan function, which applies the
+    recipes' own method code, so the plan counts exactly what the run will train. `freeze` defaults to the
+    embeddings plus the lower half of the layers."""
+    registered = get_method(method)
+    settings = PlanSettings(
+        freeze_layers=freeze_layers,
+        lora_r=lora_r,
+        lora_target_modules=lora_target_modules,
+        causal_lm=_is_causal_lm(model),
+    )
+    return registered.plan(model, settings)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -610,14 +603,12 @@ def _settings_from_target(target: str) -> dict:
                 settings[key] = kind(data[key])
         return settings
     if path.suffix == ".py":
-        found = [m for m in ("qlora", "lora", "full", "freeze", "bitfit") if m in path.stem]
-        return {"method": found[0]} if found else {}
+        registered = method_for_recipe(path)
+        return {"method": registered.name} if registered else {}
     raise HftuneError(f"plan target {target!r} must be a .yaml config or a recipe .py file.")
 
 
 def plan_command(argv: list[str]) -> int:
-    from hftune.hardware import decide_precision, detect_hardware
-
     parser = argparse.ArgumentParser(
         prog="hftune plan", description="Estimate peak training memory; fit a budget."
     )
@@ -627,7 +618,7 @@ def plan_command(argv: list[str]) -> int:
         "--device", choices=("cuda", "mps", "cpu"), help="device to plan for (default: this one)"
     )
     parser.add_argument("--model_name_or_path", help="Hub id, local folder or known shape (weights not read)")
-    parser.add_argument("--method", choices=METHODS)
+    parser.add_argument("--method", choices=[m for m in METHODS if METHODS[m].plan is not None])
     parser.add_argument(
         "--batch_size", "--per_device_train_batch_size", dest="per_device_train_batch_size", type=int
     )
@@ -646,7 +637,7 @@ def plan_command(argv: list[str]) -> int:
     settings = _settings_from_target(args.target)
     settings.update({k: v for k, v in vars(args).items() if v is not None and k in _PLAN_KEYS})
     method = settings.get("method", "lora")
-    quantization = "4bit" if settings.get("load_in_4bit") or method == "qlora" else None
+    quantization = "4bit" if settings.get("load_in_4bit") else get_method(method).quantization
     quantization = quantization or ("8bit" if settings.get("load_in_8bit") else None)
     hw = detect_hardware()
     device = args.device or hw.device_type
