@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import pytest
@@ -132,7 +133,12 @@ def test_jsl_run_is_scored_with_gloss_metrics(tmp_path):
         assert evaluate_command([str(run), "--dataset_name", "jsl_corpus", "--max_eval_samples", "8"]) == 0
         # Decoded as the run was scored: without a recorded `generation`, the saved generation_config's
         # settings; with one (what the JSL recipe writes), exactly those.
-        assert read_results(run).evaluations[-1]["num_beams"] == model.generation_config.num_beams
+        saved = json.loads((run / "generation_config.json").read_text(encoding="utf-8"))
+        recorded = read_results(run).evaluations[-1]
+        assert (recorded["num_beams"], recorded["max_new_tokens"]) == (
+            saved.get("num_beams", 1),
+            saved["max_new_tokens"],
+        )
         write_results(
             run, RunRecord.from_dict({**results, "generation": {"num_beams": 2, "max_new_tokens": 6}})
         )

@@ -34,6 +34,7 @@ from hftune.persistence import (
     verify_weights,
     write_weights_manifest,
 )
+from hftune.results import read_results
 from hftune.training.trainer import EpochSeededLengthGroupedSampler, last_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,7 +234,7 @@ def test_verify_weights_refuses_a_damaged_file_by_name(lora_reference, tmp_path,
     from hftune.hub import publish_run
     from hftune.models import load_adapter_classifier
 
-    for load in (load_adapter_classifier, lambda run: load_saved_classifier(run, results(run))):
+    for load in (load_adapter_classifier, lambda run: load_saved_classifier(run, read_results(run))):
         with pytest.raises(HftuneError, match=r"adapter_model\.safetensors does not match its sha256"):
             load(out)
     with pytest.raises(HftuneError, match=r"adapter_model\.safetensors does not match its sha256"):
