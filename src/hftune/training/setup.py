@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import TrainingArguments
@@ -15,9 +15,6 @@ from hftune.config import ModelArguments
 from hftune.runtime import log
 from hftune.training.cpu import prepare_cpu_training
 
-if TYPE_CHECKING:
-    from hftune.hardware import HardwareInfo
-
 
 def prepare_training_args(
     training_args: TrainingArguments,
@@ -26,7 +23,7 @@ def prepare_training_args(
     *,
     quantization: str | None = None,
     max_seq_length: int = 128,
-    hardware_info: HardwareInfo | None = None,
+    hardware_info: hardware.HardwareInfo | None = None,
 ) -> tuple[TrainingArguments, Any]:
     """Apply the hardware preflight (precision, device) and memory budget; return new args and the decision.
 
