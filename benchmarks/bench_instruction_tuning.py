@@ -7,7 +7,7 @@ Each variant runs in its own process, so that its peak RSS is its own: the embed
 loaded as `recipes/instruction_tuning.py` loads it (fp32, or NF4 + double quantisation for QLoRA), the
 recipe's LoRA (r 16, q/k/v/o projections, peft's `prepare_model_for_kbit_training` for QLoRA), batches of the
 recipe's default data (the JSL instruction records of the training split, Alpaca prompt, <= 128 tokens,
-response-only labels), the recipe's loss (`hftune.instruct.response_only_loss`: the output layer on response
+response-only labels), the recipe's loss (`hftune.tasks.instruction.response_only_loss`: the output layer on response
 tokens only) and the Trainer's default optimizer (fused AdamW). `--steps` training steps on seeded
 random batches are timed (median after warm-up); then one step on the 8 longest examples (the peak batch of an
 epoch) is measured: peak allocated = weights + AdamW state + the peak of live tensors during the step (the CPU
@@ -44,9 +44,9 @@ VARIANTS = {
 def recipe_model(four_bit: bool, checkpointing: bool):
     """The model as recipes/instruction_tuning.py builds it (its RECIPE_DEFAULTS for LoRA)."""
     from hftune.config import LoraArguments
-    from hftune.instruct import load_causal_lm
     from hftune.methods import apply_lora, quantization_config
     from hftune.models import embedded_causal_lm_path
+    from hftune.tasks.instruction import load_causal_lm
 
     sys.path.insert(0, str(common.REPO_ROOT / "recipes"))
     from instruction_tuning import RECIPE_DEFAULTS
@@ -71,7 +71,7 @@ def recipe_model(four_bit: bool, checkpointing: bool):
 
 
 def training_examples(tokenizer, defaults: dict) -> list[dict]:
-    from hftune.instruct import InstructionDataArguments, encode_records, load_instruction_splits
+    from hftune.tasks.instruction import InstructionDataArguments, encode_records, load_instruction_splits
 
     splits, _ = load_instruction_splits(InstructionDataArguments())
     examples, _ = encode_records(splits["train"], tokenizer, "alpaca", defaults["max_seq_length"])
@@ -80,7 +80,7 @@ def training_examples(tokenizer, defaults: dict) -> list[dict]:
 
 def worker(args) -> int:
     """One variant in this process: print its figures as one JSON line."""
-    from hftune.instruct import InstructionCollator, response_only_loss
+    from hftune.tasks.instruction import InstructionCollator, response_only_loss
 
     common.setup(args.threads, args.seed)
     rss_before = common.peak_rss_mb()

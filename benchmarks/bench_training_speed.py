@@ -21,7 +21,7 @@ and ratios as the median of the per-round ratios (runs of one round are minutes 
 - `default Trainer`: AutoModelForSequenceClassification + Trainer with TrainingArguments defaults, texts padded
   to max length 128 as transformers' text-classification example does by default, batch 32, fp32.
 The user loop and the default Trainer keep the checkpoint's attention dropout (0.1 for MiniLM), as users' scripts
-do; the recipe trains with its default `--attention_dropout 0` and `hftune.cpu_training.CPUDropout`.
+do; the recipe trains with its default `--attention_dropout 0` and `hftune.training.cpu.CPUDropout`.
 Training samples/s is training wall time only (tokenisation before, evaluation after, are excluded for all);
 validation accuracy is on the full validation split.
 
@@ -56,10 +56,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from hftune.config import CLASSIFIER_DEFAULTS, FreezeArguments
-from hftune.cpu_training import use_cpu_dropout
 from hftune.errors import HftuneError, exit_on_user_error
 from hftune.methods import apply_freeze
 from hftune.models import embedded_encoder_path, load_classifier
+from hftune.training.cpu import use_cpu_dropout
 
 EFFECTIVE_BATCH = 32
 
@@ -232,7 +232,7 @@ class Config:
     threads: int = 0  # 0 = the benchmark's pinned count
     workers: int = 0
     compile: bool = False
-    cpu_dropout: bool = False  # hftune.cpu_training.CPUDropout, which the recipes use on CPU
+    cpu_dropout: bool = False  # hftune.training.cpu.CPUDropout, which the recipes use on CPU
     freeze_embeddings: bool = False  # sentiment_freeze.py --freeze_embeddings
 
     @property

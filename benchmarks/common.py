@@ -243,8 +243,8 @@ def recipe_classifier(model_path: str, id2label: dict[int, str], **load_kwargs):
     """A classifier as the classification recipes train it on CPU: loaded by `load_classifier` with their
     default attention dropout, and with `CPUDropout` (what `prepare_training_args` sets up on CPU)."""
     from hftune.config import CLASSIFIER_DEFAULTS
-    from hftune.cpu_training import use_cpu_dropout
     from hftune.models import load_classifier
+    from hftune.training.cpu import use_cpu_dropout
 
     model, tokenizer = load_classifier(
         model_path, id2label, attention_dropout=CLASSIFIER_DEFAULTS["attention_dropout"], **load_kwargs

@@ -16,22 +16,29 @@ sequences of at most 128 tokens (the JSL prompts are short; longer ones lose the
 batch 8, bf16 autocast where it beats fp32 on the CPU, and generation scored on 100 held-out examples
 (`--max_eval_samples`; -1 for the whole split) with up to 48 new tokens (the longest JSL answer is ~50).
 Memory: activation checkpointing is on and the loss runs the output layer on response tokens only (see
-`hftune.instruct.response_only_loss`); benchmarks/bench_instruction_tuning.py measures LoRA against QLoRA.
+`hftune.tasks.instruction.response_only_loss`); benchmarks/bench_instruction_tuning.py measures LoRA against QLoRA.
 """
 
-from hftune.checks import check_output_folder
-from hftune.config import LoraArguments, ModelArguments, TrainingArguments, parse_recipe_args, set_seed
+from hftune.config import (
+    LoraArguments,
+    ModelArguments,
+    TrainingArguments,
+    check_output_folder,
+    parse_recipe_args,
+    set_seed,
+)
 from hftune.errors import HftuneError, exit_on_user_error
-from hftune.instruct import (
+from hftune.methods import apply_full, apply_lora, quantization_config
+from hftune.models import embedded_causal_lm_path, resolve_model_name
+from hftune.tasks.instruction import (
     InstructionArguments,
     InstructionDataArguments,
     load_causal_lm,
     load_instruction_splits,
     run_instruction_tuning,
 )
-from hftune.methods import apply_full, apply_lora, quantization_config
-from hftune.models import embedded_causal_lm_path, resolve_model_name
-from hftune.training import finish, prepare_training_args
+from hftune.training.setup import prepare_training_args
+from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     # LoRA on the attention projections of the Llama-style body
@@ -79,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         raise HftuneError("--method full cannot train quantised weights; drop --load_in_4bit/--load_in_8bit")
     quantization = "4bit" if lora_args.load_in_4bit else "8bit" if lora_args.load_in_8bit else None
     method = "full" if instruct_args.method == "full" else "qlora" if quantization else "lora"
-    check_output_folder(training_args.output_dir, task="instruction-tuning", method=method)
+    artifact = "full" if method == "full" else "adapter"
+    check_output_folder(training_args.output_dir, task="instruction-tuning", method=method, artifact=artifact)
     embedded = model_args.model_name_or_path is None
     base_model = resolve_model_name(
         model_args.model_name_or_path or embedded_causal_lm_path(), "", kind="causal-lm",

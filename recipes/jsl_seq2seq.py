@@ -12,8 +12,7 @@ epoch by exact match is kept; the test split is scored last. The output folder l
 keys as the flags; a killed run resumes from its last epoch when started again with the same command.
 """
 
-from hftune.checks import check_output_folder
-from hftune.config import Seq2SeqTrainingArguments, parse_recipe_args, set_seed
+from hftune.config import Seq2SeqTrainingArguments, check_output_folder, parse_recipe_args, set_seed
 from hftune.errors import exit_on_user_error
 from hftune.jsl.train import (
     JslArguments,
@@ -23,7 +22,7 @@ from hftune.jsl.train import (
     load_training_pairs,
     run_jsl_training,
 )
-from hftune.training import finish
+from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     # Optimisation: a small Transformer from scratch takes a high learning rate with warmup and linear decay
@@ -54,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     jsl_args, training_args = parse_recipe_args(
         (JslArguments, Seq2SeqTrainingArguments), RECIPE_DEFAULTS, argv
     )
-    check_output_folder(training_args.output_dir, task="jsl-seq2seq", method="scratch")
+    check_output_folder(
+        training_args.output_dir, task="jsl-seq2seq", method="scratch", artifact="remote-code"
+    )
     set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     splits, dataset_name, final_split = load_training_pairs(jsl_args, seed=training_args.seed)
 

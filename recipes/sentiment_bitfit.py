@@ -7,12 +7,12 @@ config and tokenizer; `hftune.methods.load_bitfit(run_dir)` puts them back on th
 a ready classifier. A model without bias terms (Llama-style) is refused with a clear error.
 """
 
-from hftune.checks import check_output_folder
 from hftune.config import (
     CLASSIFIER_DEFAULTS,
     DataArguments,
     ModelArguments,
     TrainingArguments,
+    check_output_folder,
     parse_recipe_args,
     set_seed,
 )
@@ -20,7 +20,9 @@ from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
 from hftune.methods import apply_bitfit, save_bitfit
 from hftune.models import embedded_encoder_path, load_classifier, resolve_model_name
-from hftune.training import finish, prepare_training_args, run_classification
+from hftune.tasks.classification import run_classification
+from hftune.training.setup import prepare_training_args
+from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     **CLASSIFIER_DEFAULTS,
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_recipe_args(
         (ModelArguments, DataArguments, TrainingArguments), RECIPE_DEFAULTS, argv
     )
-    check_output_folder(training_args.output_dir, task="text-classification", method="bitfit")
+    check_output_folder(
+        training_args.output_dir, task="text-classification", method="bitfit", artifact="bitfit"
+    )
     base_model = resolve_model_name(
         model_args.model_name_or_path, default=embedded_encoder_path(), kind="sequence-classification",
         max_seq_length=data_args.max_seq_length,
@@ -63,7 +67,6 @@ def main(argv: list[str] | None = None) -> None:
         model_args=model_args,
         data_args=data_args,
         method="bitfit",
-        artifact="bitfit",
         decision=decision,
         base_model=base_model,
         # Only the trained tensors: the base model comes back from its own folder or Hub id.

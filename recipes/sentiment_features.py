@@ -6,27 +6,29 @@
 
 `--classifier logreg` (default) runs the encoder once over the data and fits a scikit-learn logistic
 regression on the pooled hidden states; the run folder keeps the fitted weights as safetensors
-(`hftune.features.load_feature_classifier(run_dir)` reloads them). `--classifier head` trains the
+(`hftune.methods.features.load_feature_classifier(run_dir)` reloads them). `--classifier head` trains the
 architecture's own head over the frozen body and saves a normal transformers folder. Both write
 `feature_projection.png`, a 2-D map of the training features coloured by label.
 """
 
-from hftune.checks import check_output_folder
 from hftune.config import (
     CLASSIFIER_DEFAULTS,
     DataArguments,
     FeatureArguments,
     ModelArguments,
     TrainingArguments,
+    check_output_folder,
     parse_recipe_args,
     set_seed,
 )
 from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
-from hftune.features import plot_projection_of_frozen_body, run_feature_extraction
 from hftune.methods import apply_features
 from hftune.models import embedded_encoder_path, load_classifier, resolve_model_name
-from hftune.training import finish, prepare_training_args, run_classification
+from hftune.tasks.classification import run_classification
+from hftune.tasks.features import plot_projection_of_frozen_body, run_feature_extraction
+from hftune.training.setup import prepare_training_args
+from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     **CLASSIFIER_DEFAULTS,
@@ -42,7 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args, feature_args, training_args = parse_recipe_args(
         (ModelArguments, DataArguments, FeatureArguments, TrainingArguments), RECIPE_DEFAULTS, argv
     )
-    check_output_folder(training_args.output_dir, task="text-classification", method="features")
+    artifact = "features" if feature_args.classifier == "logreg" else "full"
+    check_output_folder(
+        training_args.output_dir, task="text-classification", method="features", artifact=artifact
+    )
     base_model = resolve_model_name(
         model_args.model_name_or_path, default=embedded_encoder_path(), kind="sequence-classification",
         max_seq_length=data_args.max_seq_length,
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         model_args=model_args,
         data_args=data_args,
         method="features",
-        artifact="full",
+        artifact="full",  # the head variant saves a whole transformers classifier
         decision=decision,
         base_model=base_model,
         extra_results={"classifier": "head", "pooling_for_projection": feature_args.pooling},

@@ -10,13 +10,13 @@ the run uses non-reentrant checkpointing, so layers above frozen embeddings stil
 With nothing frozen the run is recorded as method "full"; the saved model is a normal safetensors folder.
 """
 
-from hftune.checks import check_output_folder
 from hftune.config import (
     CLASSIFIER_DEFAULTS,
     DataArguments,
     FreezeArguments,
     ModelArguments,
     TrainingArguments,
+    check_output_folder,
     parse_recipe_args,
     set_seed,
 )
@@ -24,7 +24,9 @@ from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
 from hftune.methods import apply_freeze
 from hftune.models import embedded_encoder_path, load_classifier, resolve_model_name
-from hftune.training import finish, prepare_training_args, run_classification
+from hftune.tasks.classification import run_classification
+from hftune.training.setup import prepare_training_args
+from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     **CLASSIFIER_DEFAULTS,
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     frozen_anything = freeze_args.freeze_embeddings or freeze_args.freeze_layers != 0
     method = "freeze" if frozen_anything else "full"
-    check_output_folder(training_args.output_dir, task="text-classification", method=method)
+    check_output_folder(training_args.output_dir, task="text-classification", method=method, artifact="full")
     base_model = resolve_model_name(
         model_args.model_name_or_path, default=embedded_encoder_path(), kind="sequence-classification",
         max_seq_length=data_args.max_seq_length,
@@ -70,7 +72,6 @@ def main(argv: list[str] | None = None) -> None:
         model_args=model_args,
         data_args=data_args,
         method=method,
-        artifact="full",
         decision=decision,
         base_model=base_model,
         extra_results={

@@ -8,13 +8,13 @@ With no arguments it fine-tunes the embedded MiniLM encoder on the embedded movi
 sentences, so it runs with no network. `--config file.yaml` takes the same keys as the flags.
 """
 
-from hftune.checks import check_output_folder
 from hftune.config import (
     CLASSIFIER_DEFAULTS,
     DataArguments,
     LoraArguments,
     ModelArguments,
     TrainingArguments,
+    check_output_folder,
     parse_recipe_args,
     set_seed,
 )
@@ -22,7 +22,9 @@ from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
 from hftune.methods import apply_lora, quantization_config
 from hftune.models import embedded_encoder_path, load_classifier, resolve_model_name
-from hftune.training import finish, prepare_training_args, run_classification
+from hftune.tasks.classification import run_classification
+from hftune.training.setup import prepare_training_args
+from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     **CLASSIFIER_DEFAULTS,
@@ -41,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     quantization = "4bit" if lora_args.load_in_4bit else "8bit" if lora_args.load_in_8bit else None
     method = "qlora" if quantization else "lora"
-    check_output_folder(training_args.output_dir, task="text-classification", method=method)
+    check_output_folder(
+        training_args.output_dir, task="text-classification", method=method, artifact="adapter"
+    )
     base_model = resolve_model_name(
         model_args.model_name_or_path, default=embedded_encoder_path(), kind="sequence-classification",
         max_seq_length=data_args.max_seq_length,
@@ -70,7 +74,6 @@ def main(argv: list[str] | None = None) -> None:
         model_args=model_args,
         data_args=data_args,
         method=method,
-        artifact="adapter",
         decision=decision,
         base_model=base_model,
     )

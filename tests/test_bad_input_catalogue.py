@@ -209,7 +209,7 @@ CATALOGUE = [
       ["lora_run has no readable config.json", "text-classification run (method lora)", "recipes/jsl_seq2seq.py"],
       ["lora_run"]),
     C("leaderboard_results_list", "hftune", ["leaderboard", "{results_list}", "--output", "{out}"],
-      ["results.json holds a JSON list", "re-run the recipe"], ["results_list", "out"]),
+      ["results.json holds a JSON list, not an object", "re-run the recipe"], ["results_list", "out"]),
     C("float_labels", "sentiment_lora", ["--train_file", "{float_labels}"],
       ["float_labels.csv (train split) row 1", "label 0.5", "not a whole number", "map the values to classes"]),
     C("empty_label", "sentiment_lora", ["--train_file", "{empty_label}"],
@@ -244,6 +244,11 @@ CATALOGUE = [
       ["--train_file", "no_such.csv does not exist", "existing data file"]),
     C("unknown_encoding", "sentiment_lora", ["--train_file", "{good}", "--encoding", "utf-9"],
       ["--encoding 'utf-9' is not a known text encoding", "utf-8 or latin-1"]),
+    C("ia3_into_a_finished_lora_run", "sentiment_ia3", ["--output_dir", "{lora_run}"],
+      ["holds a finished text-classification run (method lora)", "(text-classification, method ia3)"], ["lora_run"],
+      output_dir=False),
+    C("ia3_seq_len_beyond_positions", "sentiment_ia3", ["--model_name_or_path", "{classifier}", "--max_seq_length", "65"],
+      ["--max_seq_length 65", "(64 positions)"], ["out", "classifier"]),
     C("max_steps_zero", "sentiment_lora", ["--max_steps", "0"], ["--max_steps 0 trains nothing", "-1 (the default)"]),
     C("lora_dropout_above_one", "sentiment_lora", ["--lora_dropout", "1.5"], ["--lora_dropout 1.5", "in [0, 1)"]),
     C("lora_alpha_zero", "sentiment_lora", ["--lora_alpha", "0"], ["--lora_alpha 0", "greater than 0"]),
@@ -318,13 +323,13 @@ CATALOGUE = [
     C("evaluate_unknown_encoding", "hftune", ["evaluate", "{lora_run}", "--validation_file", "{good}",
                                               "--encoding", "utf-9"], ["--encoding 'utf-9'", "utf-8"], ["lora_run"]),
     C("evaluate_results_list", "hftune", ["evaluate", "{results_list}", "--validation_file", "{good}"],
-      ["results.json holds a JSON list", "re-run the recipe"], ["results_list"]),
+      ["results.json holds a JSON list, not an object", "re-run the recipe"], ["results_list"]),
     C("evaluate_float_labels", "hftune", ["evaluate", "{lora_run}", "--validation_file", "{float_labels}"],
       ["float_labels.csv row 1", "label 0.5", "not a whole number"], ["lora_run"]),
     C("generate_results_list", "hftune", ["generate", "--model", "{results_list}"],
-      ["results.json holds a JSON list", "re-run the recipe"], ["results_list"]),
+      ["results.json holds a JSON list, not an object", "re-run the recipe"], ["results_list"]),
     C("leaderboard_metrics_list", "hftune", ["leaderboard", "{metrics_list}", "--output", "{out}"],
-      ["`metrics` is a list", "re-run the recipe"], ["metrics_list", "out"]),
+      ["`metrics` is a list, not an object", "re-run the recipe"], ["metrics_list", "out"]),
     C("leaderboard_output_is_a_file", "hftune", ["leaderboard", "{lora_run}", "--output", "{a_file}"],
       ["--output", "a_file.txt is an existing file"], ["lora_run", "a_file"]),
     C("leaderboard_run_epochs_zero", "hftune", ["leaderboard", "--run", "--num_train_epochs", "0",
@@ -438,7 +443,7 @@ def test_bitsandbytes_still_imports_and_logs_other_messages(caplog):
     """The filter drops the one kernels notice; bitsandbytes itself (QLoRA) still imports and logs."""
     import logging
 
-    from hftune.library_notices import BITSANDBYTES_CPU_LOGGER, BITSANDBYTES_KERNEL_NOTICE
+    from hftune.runtime import BITSANDBYTES_CPU_LOGGER, BITSANDBYTES_KERNEL_NOTICE
 
     logger = logging.getLogger(BITSANDBYTES_CPU_LOGGER)
     with caplog.at_level(logging.WARNING, logger=BITSANDBYTES_CPU_LOGGER):

@@ -10,7 +10,8 @@ import yaml
 from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
-from hftune.cards import (
+from hftune.errors import HftuneError
+from hftune.reporting.cards import (
     PLACEHOLDER_REPO_ID,
     append_eval_result,
     build_model_card,
@@ -18,7 +19,6 @@ from hftune.cards import (
     validate_card,
     write_model_card,
 )
-from hftune.errors import HftuneError
 
 VERSIONS = {"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "hftune": "0.1.0"}
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from hftune.checks import check_output_folder, check_position_limit, label_name
 from hftune.config import LoraArguments, ModelArguments, TrainingArguments, parse_recipe_args
+from hftune.config.checks import check_output_folder, check_position_limit, label_name
 from hftune.errors import HftuneError
 
 
@@ -20,7 +20,7 @@ def test_boundary_values_are_accepted(tmp_path):
 
 
 def test_instruction_tuning_takes_minus_one_for_every_example(tmp_path):
-    from hftune.instruct import InstructionDataArguments
+    from hftune.tasks.instruction import InstructionDataArguments
 
     (data,) = parse_recipe_args((InstructionDataArguments,), {}, ["--max_train_samples", "-1"])
     assert data.max_train_samples == -1
@@ -36,9 +36,9 @@ def write_json(path, data) -> None:
 def test_a_run_of_the_same_task_and_method_may_continue(tmp_path):
     finished = tmp_path / "finished"
     write_json(finished / "results.json", {"task": "text-classification", "method": "lora"})
-    check_output_folder(finished, task="text-classification", method="lora")
+    check_output_folder(finished, task="text-classification", method="lora", artifact="adapter")
     with pytest.raises(HftuneError, match="finished text-classification run \\(method lora\\)"):
-        check_output_folder(finished, task="text-classification", method="qlora")
+        check_output_folder(finished, task="text-classification", method="qlora", artifact="adapter")
 
     unfinished = tmp_path / "unfinished"
     write_json(
@@ -46,20 +46,19 @@ def test_a_run_of_the_same_task_and_method_may_continue(tmp_path):
     )
     write_json(unfinished / "checkpoint-2" / "adapter_config.json", {"task_type": "SEQ_CLS"})
     (unfinished / ".hftune.lock").write_text("{}")  # a killed run's lock and staging are not content
-    check_output_folder(
-        unfinished, task="text-classification", method="bitfit"
-    )  # the newest checkpoint counts
+    # The newest checkpoint counts: a full model, as BitFit's Trainer checkpoints are.
+    check_output_folder(unfinished, task="text-classification", method="bitfit", artifact="bitfit")
     with pytest.raises(HftuneError, match="unfinished text-classification run \\(2 checkpoint"):
-        check_output_folder(unfinished, task="text-classification", method="lora")
+        check_output_folder(unfinished, task="text-classification", method="ia3", artifact="adapter")
 
     started = tmp_path / "started"
     started.mkdir()
     (started / "feature_projection.png").write_bytes(b"\x89PNG")  # written before the first checkpoint
-    check_output_folder(started, task="text-classification", method="features")
+    check_output_folder(started, task="text-classification", method="features", artifact="full")
     hidden_only = tmp_path / "hidden_only"
     hidden_only.mkdir()
     (hidden_only / ".DS_Store").write_bytes(b"")
-    check_output_folder(hidden_only, task="jsl-seq2seq", method="scratch")
+    check_output_folder(hidden_only, task="jsl-seq2seq", method="scratch", artifact="remote-code")
 
 
 def test_labels_keep_their_names_and_whole_floats_become_integers():

@@ -91,8 +91,8 @@ def test_every_field_has_help_and_help_renders():
     from transformers import HfArgumentParser
 
     from hftune.config import FeatureArguments, FreezeArguments
-    from hftune.instruct import InstructionArguments, InstructionDataArguments
     from hftune.jsl.train import JslArguments
+    from hftune.tasks.instruction import InstructionArguments, InstructionDataArguments
 
     classes = (ModelArguments, DataArguments, LoraArguments, FreezeArguments, FeatureArguments,
                InstructionDataArguments, InstructionArguments, JslArguments)  # fmt: skip

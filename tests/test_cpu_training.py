@@ -10,8 +10,8 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, TrainingArguments
 
 from hftune.config import ModelArguments
-from hftune.cpu_training import CPUDropout, use_cpu_dropout
-from hftune.training import prepare_training_args
+from hftune.training.cpu import CPUDropout, use_cpu_dropout
+from hftune.training.setup import prepare_training_args
 
 P_EFFECTIVE = 6554 / 65536  # p = 0.1 rounded to a multiple of 1/65536
 

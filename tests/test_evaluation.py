@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import pytest
 import torch
 from test_leaderboard import tiny_runs  # noqa: F401 - the session's real LoRA runs
 
-from hftune import leaderboard
-from hftune.cards import read_model_index, validate_card, write_model_card
 from hftune.errors import HftuneError
 from hftune.evaluation import evaluate_command
-from hftune.results import read_results, write_results
+from hftune.reporting import leaderboard
+from hftune.reporting.cards import read_model_index, validate_card, write_model_card
+from hftune.results import RunRecord, read_results, write_results
 
 
 @pytest.fixture
@@ -26,12 +27,12 @@ def lora_run(tiny_runs, tmp_path):  # noqa: F811
 
 def test_evaluate_reproduces_the_recorded_accuracy_and_records_it(lora_run, tiny_runs, capsys):  # noqa: F811
     validation_file = tiny_runs[2]
-    recorded = read_results(lora_run)["metrics"]
+    recorded = read_results(lora_run).metrics
 
     assert evaluate_command([str(lora_run), "--validation_file", str(validation_file)]) == 0
 
     results = read_results(lora_run)
-    evaluation = results["evaluations"][-1]
+    evaluation = results.evaluations[-1]
     assert evaluation["num_examples"] == 40 and evaluation["split"] == "validation"
     assert evaluation["metrics"]["accuracy"] == pytest.approx(recorded["accuracy"], abs=1e-9)
     assert evaluation["metrics"]["f1_macro"] == pytest.approx(recorded["f1_macro"], abs=1e-9)
@@ -44,7 +45,7 @@ def test_evaluate_reproduces_the_recorded_accuracy_and_records_it(lora_run, tiny
 
     # Evaluating the same data again replaces the entries instead of piling up duplicates.
     evaluate_command([str(lora_run), "--validation_file", str(validation_file)])
-    assert len(read_results(lora_run)["evaluations"]) == 1
+    assert len(read_results(lora_run).evaluations) == 1
     again = [r for r in read_model_index(card) if r["dataset_name"] == "validation.csv"]
     assert len(again) == len(appended) == len(evaluation["metrics"])
 
@@ -61,7 +62,7 @@ def test_seeded_subset_matches_the_recipes_subset(lora_run, tiny_runs, tmp_path)
 
     train_file, validation_file = tiny_runs[1], tiny_runs[2]
     evaluate_command([str(lora_run), "--validation_file", str(validation_file), "--max_eval_samples", "15"])
-    entry = read_results(lora_run)["evaluations"][-1]
+    entry = read_results(lora_run).evaluations[-1]
     recipe_data = load_classification_data(
         DataArguments(train_file=str(train_file), validation_file=str(validation_file), max_eval_samples=15),
         seed=42,
@@ -75,7 +76,7 @@ def test_seeded_subset_matches_the_recipes_subset(lora_run, tiny_runs, tmp_path)
         names = recipe_data.label_names
         writer.writerows((row["text"], names[row["label"]]) for row in recipe_data.splits["validation"])
     evaluate_command([str(lora_run), "--validation_file", str(subset)])
-    by_dataset = {e["dataset"]: e["metrics"] for e in read_results(lora_run)["evaluations"]}
+    by_dataset = {e["dataset"]: e["metrics"] for e in read_results(lora_run).evaluations}
     assert by_dataset[str(subset)] == by_dataset[str(validation_file)]
 
 
@@ -127,12 +128,28 @@ def test_jsl_run_is_scored_with_gloss_metrics(tmp_path):
         results = {"task": "jsl-seq2seq", "method": "scratch", "artifact": "remote-code", "dataset": "jsl_corpus",
                    "eval_split": "validation", "metrics": {"gloss_wer": 1.0, "exact_match": 0.0}}  # fmt: skip
         write_model_card(run, results)
-        write_results(run, results)
+        write_results(run, RunRecord.from_dict(results))
 
+        assert evaluate_command([str(run), "--dataset_name", "jsl_corpus", "--max_eval_samples", "8"]) == 0
+        # Decoded as the run was scored: without a recorded `generation`, the saved generation_config's
+        # settings; with one (what the JSL recipe writes), exactly those.
+        saved = json.loads((run / "generation_config.json").read_text(encoding="utf-8"))
+        recorded = read_results(run).evaluations[-1]
+        assert (recorded["num_beams"], recorded["max_new_tokens"]) == (
+            saved.get("num_beams", 1),
+            saved["max_new_tokens"],
+        )
+        write_results(
+            run, RunRecord.from_dict({**results, "generation": {"num_beams": 2, "max_new_tokens": 6}})
+        )
+        assert evaluate_command([str(run), "--dataset_name", "jsl_corpus", "--max_eval_samples", "8"]) == 0
+        recorded = read_results(run).evaluations[-1]
+        assert (recorded["num_beams"], recorded["max_new_tokens"]) == (2, 6)
+        write_results(run, RunRecord.from_dict(results))
         assert evaluate_command([str(run), "--dataset_name", "jsl_corpus", "--max_eval_samples", "8"]) == 0
     finally:
         torch.set_num_threads(threads)
-    entry = read_results(run)["evaluations"][-1]
+    entry = read_results(run).evaluations[-1]
     assert entry["metrics"] == pytest.approx(
         {"gloss_wer": 0.0, "bleu": 100.0, "chrf": 100.0, "exact_match": 1.0}
     )

@@ -17,13 +17,13 @@ from transformers import TrainerState, TrainingArguments
 from hftune.errors import HftuneError
 from hftune.hardware import (
     HardwareInfo,
-    MemoryCallback,
     decide_precision,
     detect_hardware,
     peak_memory_mb,
     resolve_device,
     set_cuda_memory_fraction,
 )
+from hftune.training.callbacks import MemoryCallback
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "accelerate_configs"

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from hftune.errors import HftuneError
-from hftune.hub import EMBEDDED_ENCODER_HUB_ID, download_run, publish_run
+from hftune.hub import download_run, publish_run
+from hftune.models import EMBEDDED_ENCODER_HUB_ID
 
 pytest_plugins = ["hub_server"]
 
@@ -42,7 +43,7 @@ RESULTS = {
 
 
 def _write_results_and_card(run: Path, **changes) -> None:
-    from hftune.cards import write_model_card
+    from hftune.reporting.cards import write_model_card
 
     results = {**RESULTS, **changes}
     (run / "results.json").write_text(json.dumps(results))
@@ -164,10 +165,14 @@ def test_full_model_and_adapter_load_on_another_machine(
     url = publish_run(full_run, BASE_ID)
     assert url == f"{server.endpoint}/{BASE_ID}"
     stored = server.files(BASE_ID)
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "results.json"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert stored[name] == (full_run / name).read_bytes()
-    # The card's loading snippet names the repo it was published to.
+    # The published record and card name the repo (title, model-index and loading snippet); the run keeps its own.
+    published, own = json.loads(stored["results.json"]), json.loads((full_run / "results.json").read_text())
+    assert published["repo_id"] == BASE_ID and own.get("repo_id") is None
+    assert {key: published[key] for key in own} == own
     assert f'repo = "{BASE_ID}"' in stored["README.md"].decode()
+    assert f"name: {BASE_ID.split('/')[-1]}" in stored["README.md"].decode()
     assert "YOUR_ORG/RUN_NAME" in (full_run / "README.md").read_text()
     # Every file went up as a regular commit entry: no LFS batch or Xet traffic.
     assert not [r for r in server.requests if "lfs" in r[1] or "xet" in r[1]]

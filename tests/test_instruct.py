@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from hftune.config import LoraArguments
+from hftune.data.prompts import IGNORE_INDEX, JSL_INSTRUCTION, prompt_ids, render_alpaca_prompt, response_ids
 from hftune.errors import HftuneError
-from hftune.instruct import (
-    IGNORE_INDEX,
-    JSL_INSTRUCTION,
+from hftune.methods import apply_lora
+from hftune.tasks.instruction import (
     InstructionCollator,
     InstructionDataArguments,
     build_example,
@@ -36,11 +36,7 @@ from hftune.instruct import (
     load_instruction_model,
     load_instruction_splits,
     pack_examples,
-    prompt_ids,
-    render_alpaca_prompt,
-    response_ids,
 )
-from hftune.methods import apply_lora
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -310,7 +306,7 @@ def test_gradient_checkpointing_with_lora_gives_nonzero_grads(tiny, tokenizer):
 def test_response_only_loss_equals_the_models_loss_and_gradients(tiny, tokenizer):
     """The recipe's loss runs the output layer on labelled positions only, yet gives the model's own loss and
     the same gradients; Trainer's token count (num_items_in_batch) divides the sum the same way as the model."""
-    from hftune.instruct import response_only_loss
+    from hftune.tasks.instruction import response_only_loss
 
     lora = _lora(copy.deepcopy(tiny)).train()
     batch = _batch(tokenizer, RECORDS[:3])  # whole prompts, different lengths: padding is masked too

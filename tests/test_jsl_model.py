@@ -17,8 +17,9 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hftune.errors import HftuneError
 from hftune.jsl import JslSeq2SeqConfig, JslSeq2SeqForConditionalGeneration, JslTokenizer
-from hftune.jsl.artifacts import MANIFEST_NAME, load_jsl_model, save_jsl_model
+from hftune.jsl.artifacts import load_jsl_model, save_jsl_model
 from hftune.jsl.modeling_jsl import CACHE_FIELD, shift_tokens_right
+from hftune.persistence import MANIFEST_NAME
 
 PAIRS = [
     ("ありがとう", "<ありがとう>"),

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hftune.cards import read_model_index
-from hftune.jsl.artifacts import MANIFEST_NAME, file_sha256, load_jsl_model
+from hftune.jsl.artifacts import load_jsl_model
 from hftune.jsl.corpus import load_jsl_corpus
 from hftune.jsl.train import gloss_tokens
+from hftune.persistence import MANIFEST_NAME, file_sha256
+from hftune.reporting.cards import read_model_index
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -121,6 +122,10 @@ def test_saved_folder_is_complete(run):
     assert manifest == {"model.safetensors": file_sha256(out / "model.safetensors")}
 
     config = json.loads((out / "config.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    # The decoding its scores were made with, which `hftune evaluate` reuses; the card is named after the folder.
+    assert results["generation"] == {"num_beams": 1, "max_new_tokens": config["max_target_length"]}
+    assert results["run_name"] == out.name and f"# {out.name}" in (out / "README.md").read_text().splitlines()
     assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_jsl.JslSeq2SeqForConditionalGeneration"
     metadata = config["training_metadata"]
     for key in (

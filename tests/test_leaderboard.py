@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import os
@@ -14,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hftune import leaderboard
-from hftune.cards import write_model_card
 from hftune.errors import HftuneError
-from hftune.resources import resource_dir
-from hftune.results import read_results
+from hftune.reporting import leaderboard
+from hftune.reporting.cards import write_model_card
+from hftune.results import RunRecord, read_results
+from hftune.runtime import resource_dir
 
 RUNS = {"lora_r2": 2, "lora_r16": 16}  # two real runs that differ only in LoRA rank
 # Tiny budget: 60 examples, 1 epoch of 4 steps, no per-epoch evaluation or checkpoints.
@@ -83,14 +84,18 @@ def tiny_runs(tmp_path_factory, emotion_dir) -> tuple[Path, Path, Path]:
 @pytest.mark.slow  # three `accelerate launch` processes: ~2 min on a quiet 2-core machine, far more when shared
 def test_run_trains_each_method_and_reports_the_failing_one(tmp_path, emotion_dir):
     train_file, validation_file = write_tiny_emotion(emotion_dir, tmp_path / "data")
-    methods = {name: ("sentiment_lora.py", ("--lora_r", str(r))) for name, r in RUNS.items()}
+    lora = leaderboard.METHODS["lora"]
+    methods = {
+        name: dataclasses.replace(lora, name=name, recipe_flags=("--lora_r", str(r)))
+        for name, r in RUNS.items()
+    }
     # A method whose recipe rejects its flags: reported, while the others still render.
-    methods["broken"] = ("sentiment_lora.py", ("--no_such_flag", "1"))
+    methods["broken"] = dataclasses.replace(lora, name="broken", recipe_flags=("--no_such_flag", "1"))
     root = tmp_path / "runs"
     argv = ["--run", "--methods", *methods, "--train_file", str(train_file), "--validation_file",
             str(validation_file), "--num_train_epochs", "1", "--output_dir", str(root), "--", *TINY_RECIPE_ARGS]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(leaderboard, "METHOD_RECIPES", methods)
+        patch.setattr(leaderboard, "leaderboard_methods", lambda: methods)
         assert leaderboard.leaderboard_command(argv) == 1  # one method failed
     board = json.loads((root / "leaderboard.json").read_text(encoding="utf-8"))
     assert sorted(row["run"] for row in board["rows"]) == sorted(RUNS)
@@ -98,16 +103,16 @@ def test_run_trains_each_method_and_reports_the_failing_one(tmp_path, emotion_di
     assert (root / "logs" / "broken.log").is_file()
     for name, rank in RUNS.items():
         results = read_results(root / name)
-        assert results["seed"] == 42 and results["split_sizes"] == {"train": 60, "validation": 40}
-        assert results["hyperparameters"]["num_train_epochs"] == 1
-        assert results["hyperparameters"]["max_seq_length"] == 32
+        assert results.seed == 42 and results.split_sizes == {"train": 60, "validation": 40}
+        assert results.hyperparameters["num_train_epochs"] == 1
+        assert results.hyperparameters["max_seq_length"] == 32
         assert json.loads((root / name / "adapter_config.json").read_text(encoding="utf-8"))["r"] == rank
 
 
 def test_tiny_runs_differ_only_in_lora_rank(tiny_runs):
     r2, r16 = read_results(tiny_runs[0] / "lora_r2"), read_results(tiny_runs[0] / "lora_r16")
-    assert r16["trainable_params"] > r2["trainable_params"] and r16["total_params"] > r2["total_params"]
-    assert r2["split_sizes"] == r16["split_sizes"] == {"train": 60, "validation": 40}
+    assert r16.trainable_params > r2.trainable_params and r16.total_params > r2.total_params
+    assert r2.split_sizes == r16.split_sizes == {"train": 60, "validation": 40}
 
 
 def test_renders_markdown_json_and_png_from_run_folders(tiny_runs, tmp_path, capsys):
@@ -131,9 +136,9 @@ def test_renders_markdown_json_and_png_from_run_folders(tiny_runs, tmp_path, cap
     board = json.loads((tmp_path / "leaderboard.json").read_text(encoding="utf-8"))
     for row in board["rows"]:
         results = read_results(root / row["run"])
-        assert row["accuracy"] == results["metrics"]["accuracy"]
-        assert row["trainable_params"] == results["trainable_params"]
-        assert row["peak_memory_mb"] == results["peak_memory_mb"]
+        assert row["accuracy"] == results.metrics["accuracy"]
+        assert row["trainable_params"] == results.trainable_params
+        assert row["peak_memory_mb"] == results.peak_memory_mb
         assert f"| {row['run']} | text-classification | lora |" in table
     png = tmp_path / "leaderboard.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -193,8 +198,8 @@ def test_rows_from_model_index_card_text(tiny_runs):
     assert len(rows) == 1
     assert rows[0]["method"] == "lora" and rows[0]["task"] == "text-classification"
     assert rows[0]["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert rows[0]["accuracy"] == pytest.approx(results["metrics"]["accuracy"])
-    assert rows[0]["f1_macro"] == pytest.approx(results["metrics"]["f1_macro"])
+    assert rows[0]["accuracy"] == pytest.approx(results.metrics["accuracy"])
+    assert rows[0]["f1_macro"] == pytest.approx(results.metrics["f1_macro"])
     assert rows[0]["trainable_params"] is None  # the card alone carries no efficiency figures
 
     jsl_results = {"task": "jsl-seq2seq", "method": "scratch", "artifact": "remote-code", "dataset": "jsl_corpus",
@@ -204,7 +209,7 @@ def test_rows_from_model_index_card_text(tiny_runs):
     jsl_dir.mkdir(exist_ok=True)
     jsl_card = write_model_card(jsl_dir, jsl_results)
     jsl_rows = leaderboard.rows_from_card(
-        jsl_card.read_text(encoding="utf-8"), "org/jsl-seq2seq", jsl_results
+        jsl_card.read_text(encoding="utf-8"), "org/jsl-seq2seq", RunRecord.from_dict(jsl_results)
     )
     board = leaderboard.build_leaderboard(rows + jsl_rows, sort="gloss_wer")
     keys = [c.key for c in board.columns]
@@ -229,7 +234,7 @@ def test_repo_id_reads_the_cached_card(tiny_runs, tmp_path, monkeypatch):
     rows = leaderboard.collect_rows(["org/sentiment-lora"])
     results = read_results(tiny_runs[0] / "lora_r2")
     assert rows[0]["run"] == "org/sentiment-lora"
-    assert rows[0]["accuracy"] == pytest.approx(results["metrics"]["accuracy"])
-    assert rows[0]["trainable_params"] == results["trainable_params"]
+    assert rows[0]["accuracy"] == pytest.approx(results.metrics["accuracy"])
+    assert rows[0]["trainable_params"] == results.trainable_params
     with pytest.raises(HftuneError, match="org/not-there is neither a local run folder nor in the HF cache"):
         leaderboard.collect_rows(["org/not-there"])

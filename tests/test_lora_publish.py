@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hftune.hub import EMBEDDED_ENCODER_HUB_ID
+from hftune.models import EMBEDDED_ENCODER_HUB_ID
 
 pytest_plugins = ["hub_server"]
 

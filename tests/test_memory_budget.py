@@ -25,7 +25,7 @@ from hftune.memory import (
 )
 from hftune.methods import apply_lora
 from hftune.models import load_classifier
-from hftune.training import prepare_training_args
+from hftune.training.setup import prepare_training_args
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ = 64
@@ -151,6 +151,28 @@ def test_prepare_training_args_applies_the_budget(lora_model, tmp_path, monkeypa
     assert decision.device == "cpu" and decision.precision == "fp32"
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 4)
     assert args.use_cpu and args.average_tokens_across_devices is False
+
+
+def test_prepare_training_args_decides_for_a_described_machine(lora_model, tmp_path, monkeypatch):
+    """`hardware_info`: the preflight decides for the card described (a 6 GB Turing card: fp16, no bf16), not for
+    this CPU, and the budget is planned for that card: what benchmarks/gpu_check.py emulates."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # restored after the test
+    turing = HardwareInfo("cuda", (7, 5), 6 * GIB, "GeForce GTX 1660", bitsandbytes_available=True)
+    args, decision = prepare_training_args(
+        _args(tmp_path, batch=8, accumulation=4),
+        ModelArguments(memory_budget="6GB"),
+        lora_model,
+        max_seq_length=SEQ,
+        hardware_info=turing,
+    )
+    assert (decision.device, decision.precision) == ("cuda", "fp16")
+    assert args.fp16 and not args.bf16 and not args.use_cpu
+    # 8 x 4 fits 6 GB in one batch of 32
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (32, 1)
+    with pytest.raises(HftuneError, match="bf16 needs CUDA compute capability >= 8.0"):
+        prepare_training_args(
+            _args(tmp_path), ModelArguments(precision="bf16"), lora_model, hardware_info=turing
+        )
 
 
 def _recipe(*args: str) -> subprocess.CompletedProcess:

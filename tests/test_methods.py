@@ -30,7 +30,7 @@ from hftune.methods import (
     lora_target_modules,
 )
 from hftune.models import count_parameters
-from hftune.training import prepare_training_args
+from hftune.training.setup import prepare_training_args
 
 LABELS = {0: "negative", 1: "positive"}
 TEXTS = [

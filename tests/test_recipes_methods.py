@@ -113,7 +113,8 @@ def test_freeze_recipe_with_checkpointing_and_accumulation_reloads(tmp_path, mon
 def test_bitfit_recipe_saves_only_trained_tensors(tmp_path, monkeypatch, capsys, runner):
     from safetensors.torch import load_file
 
-    from hftune.methods import BITFIT_WEIGHTS, load_bitfit
+    from hftune.methods import load_bitfit
+    from hftune.methods.bitfit import BITFIT_WEIGHTS
 
     out = tmp_path / "run"
     argv = [*SMALL, "--num_train_epochs", "1", "--output_dir", str(out)]
@@ -138,7 +139,8 @@ def test_bitfit_recipe_saves_only_trained_tensors(tmp_path, monkeypatch, capsys,
 
 
 def test_features_logreg_recipe_saves_a_reloadable_classifier(tmp_path, monkeypatch):
-    from hftune.features import FEATURES_CONFIG, FEATURES_WEIGHTS, PROJECTION_PLOT, load_feature_classifier
+    from hftune.methods.features import FEATURES_CONFIG, FEATURES_WEIGHTS, load_feature_classifier
+    from hftune.tasks.features import PROJECTION_PLOT
 
     out = tmp_path / "run"
     run_recipe("sentiment_features.py", [*SMALL, "--pooling", "mean", "--output_dir", str(out)], monkeypatch)

@@ -34,7 +34,8 @@ from hftune.persistence import (
     verify_weights,
     write_weights_manifest,
 )
-from hftune.training import EpochSeededLengthGroupedSampler, last_checkpoint
+from hftune.results import read_results
+from hftune.training.trainer import EpochSeededLengthGroupedSampler, last_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = [
@@ -233,7 +234,7 @@ def test_verify_weights_refuses_a_damaged_file_by_name(lora_reference, tmp_path,
     from hftune.hub import publish_run
     from hftune.models import load_adapter_classifier
 
-    for load in (load_adapter_classifier, lambda run: load_saved_classifier(run, results(run))):
+    for load in (load_adapter_classifier, lambda run: load_saved_classifier(run, read_results(run))):
         with pytest.raises(HftuneError, match=r"adapter_model\.safetensors does not match its sha256"):
             load(out)
     with pytest.raises(HftuneError, match=r"adapter_model\.safetensors does not match its sha256"):
@@ -252,7 +253,8 @@ def test_a_truncated_file_without_a_manifest_is_still_refused(lora_reference, tm
 
 
 def test_load_bitfit_verifies_its_weights(minilm_path, tmp_path):
-    from hftune.methods import BITFIT_WEIGHTS, apply_bitfit, load_bitfit, save_bitfit
+    from hftune.methods import apply_bitfit, load_bitfit, save_bitfit
+    from hftune.methods.bitfit import BITFIT_WEIGHTS
     from hftune.models import load_classifier
 
     model, _ = load_classifier(minilm_path, {0: "negative", 1: "positive"})

@@ -1,12 +1,12 @@
-"""hftune: Hugging Face-native fine-tuning for modest hardware."""
+"""hftune: Hugging Face-native fine-tuning for modest hardware.
+
+`import hftune` is light (no torch, no transformers), so `hftune --help` starts at once. Importing
+`hftune.jsl` registers the JSL seq2seq model with the transformers Auto classes.
+"""
 
 __version__ = "0.1.0"
 
-# Before anything imports transformers (which imports peft, which imports bitsandbytes): see library_notices.
-from hftune.library_notices import silence_library_notices  # noqa: E402
+# Before anything imports transformers (which imports peft, which imports bitsandbytes): see runtime.
+from hftune.runtime import silence_library_notices  # noqa: E402
 
 silence_library_notices()
-
-# Importing hftune registers the JSL seq2seq model with the Auto classes (AutoConfig,
-# AutoModelForSeq2SeqLM, AutoTokenizer), so `from_pretrained` finds it without trust_remote_code.
-from hftune import jsl as jsl  # noqa: E402

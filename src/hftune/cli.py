@@ -13,12 +13,12 @@ from hftune.errors import exit_on_user_error
 
 # verb -> ("module:function", one-line help). Each function takes argv (list[str]) and returns an exit code.
 VERBS: dict[str, tuple[str, str]] = {
-    "plan": ("hftune.hardware:plan_command", "estimate peak training memory and fit a run to a budget"),
+    "plan": ("hftune.memory:plan_command", "estimate peak training memory and fit a run to a budget"),
     "publish": ("hftune.hub:publish_command", "upload a run folder to the Hub (or HF_ENDPOINT)"),
     "evaluate": ("hftune.evaluation:evaluate_command", "score a saved run or repo on a dataset"),
-    "leaderboard": ("hftune.leaderboard:leaderboard_command", "compare runs side by side"),
+    "leaderboard": ("hftune.reporting.leaderboard:leaderboard_command", "compare runs side by side"),
     "translate": ("hftune.jsl.translate:translate_command", "Japanese -> JSL gloss with a saved model"),
-    "generate": ("hftune.instruct:generate_command", "generate with an instruction-tuned model"),
+    "generate": ("hftune.tasks.instruction:generate_command", "generate with an instruction-tuned model"),
 }
 
 

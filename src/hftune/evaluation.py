@@ -21,12 +21,29 @@ from typing import Any
 
 import numpy as np
 
-from hftune.checks import check_encoding, check_file, check_range, check_writable_folder, label_name
+from hftune.config import DataArguments
+from hftune.config.checks import check_encoding, check_file, check_range, check_writable_folder, label_name
+from hftune.data.classification import (
+    EMBEDDED_DATASETS,
+    LABEL_COLUMN_CANDIDATES,
+    TEXT_COLUMN_CANDIDATES,
+    load_classification_data,
+    pick_column,
+    read_data_file,
+)
 from hftune.errors import HftuneError
+from hftune.hardware import resolve_device
+from hftune.hub import download_run
+from hftune.jsl.artifacts import load_jsl_model
+from hftune.jsl.corpus import load_gloss_pairs, load_jsl_corpus
+from hftune.methods import ARTIFACTS
+from hftune.methods.registry import artifact_of_folder
+from hftune.metrics import classification_metrics, gloss_metrics
 from hftune.persistence import verify_weights
-from hftune.results import RESULTS_FILE, read_results, write_results
+from hftune.reporting.cards import append_eval_result
+from hftune.results import RESULTS_FILE, RunRecord, read_results, write_results
+from hftune.runtime import fail_fast_when_hub_unreachable
 
-EVALUATIONS_KEY = "evaluations"
 JSL_CORPUS_NAME = "jsl_corpus"
 ARTIFACT_TASKS = {"remote-code": "jsl-seq2seq"}  # every other artefact is a text classifier
 
@@ -64,8 +81,6 @@ def resolve_run(run_or_repo: str, revision: str | None = None) -> tuple[Path, st
         raise HftuneError(
             f"{run_or_repo} is a file; pass a run folder (the recipe's --output_dir) or a Hub repo id"
         )
-    from hftune.hub import download_run
-
     try:
         return download_run(run_or_repo, revision), run_or_repo
     except HftuneError as err:
@@ -74,88 +89,50 @@ def resolve_run(run_or_repo: str, revision: str | None = None) -> tuple[Path, st
 
 def infer_artifact(folder: Path) -> str:
     """The artefact type of a folder saved without hftune's results.json (e.g. someone else's Hub model)."""
-    if (folder / "adapter_config.json").is_file():
-        return "adapter"
-    from hftune.features import FEATURES_CONFIG
-    from hftune.methods import BITFIT_CONFIG
-
-    if (folder / BITFIT_CONFIG).is_file():
-        return "bitfit"
-    if (folder / FEATURES_CONFIG).is_file():
-        return "features"
-    config_path = folder / "config.json"
-    if config_path.is_file():
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        return "remote-code" if config.get("auto_map") else "full"
-    raise HftuneError(
-        f"{folder} holds no results.json, adapter_config.json or config.json; pass the folder a recipe saved"
-    )
+    artifact = artifact_of_folder(folder)
+    if artifact == "full" and json.loads((folder / "config.json").read_text(encoding="utf-8")).get(
+        "auto_map"
+    ):
+        return "remote-code"
+    if artifact is None:
+        raise HftuneError(
+            f"{folder} holds no results.json, adapter_config.json or config.json; pass the folder a recipe saved"
+        )
+    return artifact
 
 
-def run_record(folder: Path) -> dict[str, Any]:
+def run_record(folder: Path) -> RunRecord:
     """results.json of the run, or the minimum inferred from the files when a repo was not made by hftune."""
     if (folder / RESULTS_FILE).is_file():
         return read_results(folder)
     artifact = infer_artifact(folder)
-    return {"task": ARTIFACT_TASKS.get(artifact, "text-classification"), "artifact": artifact}
+    task = ARTIFACT_TASKS.get(artifact, "text-classification")
+    return RunRecord(task=task, method="unknown", artifact=artifact, dataset="unknown", metrics={})
 
 
 # --- loading the classifier -------------------------------------------------------------------------------
 
 
-def _embedded_base(name: str) -> str:
-    """A published adapter names the embedded encoder by its Hub id; the same weights ship with hftune."""
-    from hftune.models import EMBEDDED_ENCODER_HUB_ID, embedded_encoder_path
+def load_saved_classifier(folder: Path, record: RunRecord) -> tuple[Any, Any, list[str]]:
+    """(model, tokenizer, label names) of a saved classifier run, loaded by its artefact's registered loader.
 
-    return embedded_encoder_path() if name == EMBEDDED_ENCODER_HUB_ID else name
-
-
-def _label_maps(labels: list[str]) -> dict[str, Any]:
-    id2label = dict(enumerate(labels))
-    return {"num_labels": len(labels), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
-
-
-def load_saved_classifier(folder: Path, record: dict[str, Any]) -> tuple[Any, Any, list[str]]:
-    """(model, tokenizer, label names) of a saved classifier run, by its artefact type.
-
-    `model` is a torch module returning logits, or (features artefact) a `hftune.features.FeatureClassifier`
-    whose `predict(texts)` returns label ids.
+    `model` is a torch module returning logits, or (features artefact) a `FeatureClassifier` whose
+    `predict(texts)` returns label ids.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    artifact = record.get("artifact") or infer_artifact(folder)
-    labels = [str(label) for label in record.get("labels") or []]
+    artifact = record.artifact or infer_artifact(folder)
+    labels = [str(label) for label in record.labels or []]
+    if artifact not in ARTIFACTS or ARTIFACTS[artifact].load is None:
+        raise HftuneError(
+            f"{folder}: artifact {artifact!r} is not a text classifier; evaluate "
+            f"{', '.join(a for a in ARTIFACTS if ARTIFACTS[a].load)} runs here"
+        )
     verify_weights(folder)  # a truncated or altered copy is refused by name before anything loads it
     try:
-        if artifact == "adapter":
-            from peft import PeftConfig, PeftModel
-
-            base = _embedded_base(PeftConfig.from_pretrained(str(folder)).base_model_name_or_path)
-            if not labels:
-                raise HftuneError(
-                    f"{folder / RESULTS_FILE} lists no labels, so the adapter's task head cannot be rebuilt; "
-                    "evaluate a folder written by an hftune recipe"
-                )
-            # What AutoPeftModelForSequenceClassification does, with the base resolvable offline.
-            model = AutoModelForSequenceClassification.from_pretrained(base, **_label_maps(labels))
-            model = PeftModel.from_pretrained(model, str(folder))
-        elif artifact == "full":
-            model = AutoModelForSequenceClassification.from_pretrained(str(folder))
-        elif artifact == "bitfit":
-            from hftune.methods import BITFIT_CONFIG, load_bitfit
-
-            config = json.loads((folder / BITFIT_CONFIG).read_text(encoding="utf-8"))
-            model = load_bitfit(folder, _embedded_base(config["base_model_name_or_path"]))
-        elif artifact == "features":
-            from hftune.features import load_feature_classifier
-
-            model = load_feature_classifier(folder)
+        model = ARTIFACTS[artifact].load(folder, labels)
+        if artifact == "features":
             return model, model.tokenizer, list(model.labels)
-        else:
-            raise HftuneError(
-                f"{folder}: artifact {artifact!r} is not a text classifier; evaluate adapter, full, bitfit or "
-                "features runs here"
-            )
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except OSError as err:
         raise HftuneError(f"cannot load the model saved in {folder} ({str(err).splitlines()[0]})") from None
@@ -192,16 +169,6 @@ def load_classification_eval_data(
     """(texts, label ids in the model's order, dataset display name) of the split to score."""
     import datasets
 
-    from hftune.config import DataArguments
-    from hftune.data import (
-        EMBEDDED_DATASETS,
-        LABEL_COLUMN_CANDIDATES,
-        TEXT_COLUMN_CANDIDATES,
-        _pick_column,
-        load_classification_data,
-        read_data_file,
-    )
-
     if args.validation_file:
         split = read_data_file(args.validation_file, args.delimiter, args.encoding)
         source = args.validation_file
@@ -219,8 +186,6 @@ def load_classification_eval_data(
         validation = data.splits["validation"]
         return list(validation["text"]), list(validation["label"]), args.dataset_name
     elif args.dataset_name:
-        from hftune.models import fail_fast_when_hub_unreachable
-
         fail_fast_when_hub_unreachable(args.dataset_name, kind="dataset")
         try:
             split = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.split)
@@ -235,8 +200,8 @@ def load_classification_eval_data(
             "no evaluation data: pass --dataset_name (Hub id or movie_polarity) or --validation_file"
         )
 
-    text_column = _pick_column(split, args.text_column, TEXT_COLUMN_CANDIDATES, "text", "--text_column")
-    label_column = _pick_column(split, args.label_column, LABEL_COLUMN_CANDIDATES, "label", "--label_column")
+    text_column = pick_column(split, args.text_column, TEXT_COLUMN_CANDIDATES, "text", "--text_column")
+    label_column = pick_column(split, args.label_column, LABEL_COLUMN_CANDIDATES, "label", "--label_column")
     feature = split.features[label_column]
     values = split[label_column]
     if isinstance(feature, datasets.ClassLabel):
@@ -266,12 +231,6 @@ def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device, dtype=dtypes[precision])
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def predict_labels(
     model: Any, tokenizer: Any, texts: list[str], *, batch_size: int, max_length: int, precision: str
 ) -> np.ndarray:
@@ -280,7 +239,7 @@ def predict_labels(
 
     if not isinstance(model, torch.nn.Module):
         return np.asarray(model.predict(texts))
-    device = _device()
+    device = resolve_device()
     model = model.to(device).eval()
     predictions = []
     with torch.no_grad(), _autocast(device, precision):
@@ -296,16 +255,14 @@ def predict_labels(
     return np.concatenate(predictions)
 
 
-def evaluate_classifier(folder: Path, record: dict[str, Any], args: argparse.Namespace) -> Evaluation:
+def evaluate_classifier(folder: Path, record: RunRecord, args: argparse.Namespace) -> Evaluation:
     from transformers import EvalPrediction
 
-    from hftune.metrics import classification_metrics
-
     model, tokenizer, label_names = load_saved_classifier(folder, record)
-    seed = args.seed if args.seed is not None else int(record.get("seed") or 42)
+    seed = args.seed if args.seed is not None else int(record.seed or 42)
     texts, labels, dataset = load_classification_eval_data(args, label_names, seed)
-    hyperparameters = record.get("hyperparameters") or {}
-    precision = (record.get("precision") or "fp32") if args.precision == "auto" else args.precision
+    hyperparameters = record.hyperparameters or {}
+    precision = (record.precision or "fp32") if args.precision == "auto" else args.precision
     predictions = predict_labels(
         model,
         tokenizer,
@@ -326,13 +283,22 @@ def evaluate_classifier(folder: Path, record: dict[str, Any], args: argparse.Nam
     )
 
 
-def evaluate_jsl(folder: Path, record: dict[str, Any], args: argparse.Namespace) -> Evaluation:
+def jsl_decoding(record: RunRecord, model) -> dict[str, int]:
+    """The decoding the run was scored with (results.json's `generation`), else the saved generation_config
+    (folders from before hftune recorded it): the same settings reproduce the run's own scores."""
+    settings = dict(record.generation or {})
+    config = model.generation_config
+    return {
+        "num_beams": int(settings.get("num_beams") or config.num_beams or 1),
+        "max_new_tokens": int(
+            settings.get("max_new_tokens") or config.max_new_tokens or model.config.max_target_length
+        ),
+    }
+
+
+def evaluate_jsl(folder: Path, record: RunRecord, args: argparse.Namespace) -> Evaluation:
     """Translate the split's Japanese with the saved JSL model and score the glosses."""
     import torch
-
-    from hftune.jsl.artifacts import load_jsl_model
-    from hftune.jsl.corpus import load_gloss_pairs, load_jsl_corpus
-    from hftune.metrics import gloss_metrics
 
     if args.validation_file:
         pairs, dataset = load_gloss_pairs(args.validation_file), args.validation_file
@@ -345,12 +311,8 @@ def evaluate_jsl(folder: Path, record: dict[str, Any], args: argparse.Namespace)
         )
     if args.max_eval_samples is not None:
         pairs = pairs.select(range(min(args.max_eval_samples, len(pairs))))
-    model, tokenizer = load_jsl_model(folder, device=_device())
-    hyperparameters = record.get("hyperparameters") or {}
-    generate_kwargs = {
-        "num_beams": int(hyperparameters.get("num_beams") or 1),
-        "max_new_tokens": int(hyperparameters.get("max_new_tokens") or 64),
-    }
+    model, tokenizer = load_jsl_model(folder, device=resolve_device())
+    generate_kwargs = jsl_decoding(record, model)
     sources, references = list(pairs["ja"]), list(pairs["gloss"])
     predictions: list[str] = []
     started = time.perf_counter()
@@ -385,26 +347,20 @@ def output_folder(folder: Path, repo_id: str | None, output_dir: str | None) -> 
     return out
 
 
-def record_evaluation(out: Path, record: dict[str, Any], evaluation: Evaluation) -> Path | None:
+def record_evaluation(out: Path, record: RunRecord, evaluation: Evaluation) -> Path | None:
     """Append to the card's model-index (if the run has a card) and to results.json; returns the card path.
 
     An evaluation of the same dataset, split and size replaces the earlier one, as the card does.
     """
-    from hftune.cards import append_eval_result
-
     card = out / "README.md"
     if card.is_file():
-        append_eval_result(
-            card, evaluation.metrics, evaluation.dataset, evaluation.split, task=record.get("task")
-        )
+        append_eval_result(card, evaluation.metrics, evaluation.dataset, evaluation.split, task=record.task)
     entry = evaluation.entry()
     same = (entry["dataset"], entry["split"], entry["num_examples"])
     kept = [
-        e
-        for e in record.get(EVALUATIONS_KEY, [])
-        if (e.get("dataset"), e.get("split"), e.get("num_examples")) != same
+        e for e in record.evaluations if (e.get("dataset"), e.get("split"), e.get("num_examples")) != same
     ]
-    record[EVALUATIONS_KEY] = [*kept, entry]
+    record.evaluations = [*kept, entry]
     write_results(out, record)
     return card if card.is_file() else None
 
@@ -413,9 +369,9 @@ def evaluate_run(run_or_repo: str, args: argparse.Namespace) -> tuple[Evaluation
     """Score `run_or_repo` as `args` say and record the result; returns it and the folder written."""
     folder, repo_id = resolve_run(run_or_repo, args.revision)
     record = run_record(folder)
-    if record.get("task") == "jsl-seq2seq" or record.get("artifact") == "remote-code":
+    if record.task == "jsl-seq2seq" or record.artifact == "remote-code":
         evaluation = evaluate_jsl(folder, record, args)
-    elif record.get("task") == "instruction-tuning":
+    elif record.task == "instruction-tuning":
         raise HftuneError(
             f"{run_or_repo} is an instruction-tuned run: its recipe scores it on the JSL corpus itself; "
             "`hftune evaluate` scores classifiers and JSL seq2seq models"

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
 from hftune.errors import HftuneError
 
@@ -300,29 +299,3 @@ def peak_memory_mb(device: str) -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is in bytes on macOS, kilobytes on Linux.
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
-
-
-class MemoryCallback(TrainerCallback):
-    """Adds `peak_memory_mb` to every Trainer log and keeps the run's maximum in `self.peak_mb`."""
-
-    def __init__(self, device: str | None = None) -> None:
-        self.device = device
-        self.peak_mb = 0.0
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        device = self.device or str(args.device)
-        # Rounded once, so the logged figure and results.json's figure are the same number.
-        self.peak_mb = max(self.peak_mb, round(peak_memory_mb(device), 1))
-        value = self.peak_mb
-        if logs is not None:
-            logs["peak_memory_mb"] = value
-        # Trainer appends a copy of the logs to log_history before callbacks run: keep it in step.
-        if state.log_history and state.log_history[-1].get("step") == state.global_step:
-            state.log_history[-1]["peak_memory_mb"] = value
-
-
-def plan_command(argv: list[str]) -> int:
-    """`hftune plan`: lives in hftune.memory; imported lazily so the preflight stays light."""
-    from hftune.memory import plan_command as _plan_command
-
-    return _plan_command(argv)

@@ -17,13 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hftune.checks import check_existing_folder
+from hftune.config.checks import check_existing_folder
 from hftune.errors import HftuneError
+from hftune.models import EMBEDDED_ENCODER_HUB_ID, embedded_encoder_path
 from hftune.persistence import verify_weights, write_weights_manifest
+from hftune.reporting import cards
+from hftune.results import RESULTS_FILE, read_results, write_results
+from hftune.runtime import check_repo_id
 
-# The Hub id of the encoder `hftune.models.embedded_encoder_path()` ships: adapters trained on the local copy
-# name it instead of a path that only exists on the training machine.
-EMBEDDED_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # huggingface_hub retries network errors for ~30 s and some calls have no timeout: one short check first.
 PREFLIGHT_TIMEOUT_S = 5.0
 
@@ -86,12 +87,12 @@ def publish_run(
     with tempfile.TemporaryDirectory(prefix="hftune-publish-") as tmp:
         staged = Path(tmp) / "repo"
         if merged:
-            _build_merged_folder(run_dir, files, adapter_config, staged)
+            _build_merged_folder(run_dir, files, adapter_config, staged, repo_id)
         else:
             _stage_files(run_dir, files, staged)
             if adapter_config is not None:
                 _point_adapter_at_hub_base(staged / "adapter_config.json", adapter_config)
-        _name_repo_in_card(staged / "README.md", repo_id)
+            _name_repo_in_card(staged, repo_id)
         message = commit_message or f"Publish {run_dir.resolve().name} with hftune"
         return _upload(staged, repo_id, endpoint, token, private, revision, message)
 
@@ -117,18 +118,6 @@ def collect_run_files(run_dir: Path) -> list[str]:
             f"{run_dir} has no *.safetensors weights: publish the folder a finished run saved, not a checkpoint"
         )
     return files
-
-
-def check_repo_id(repo_id: str, source: str) -> None:
-    """A repo id must be `namespace/name` in the Hub's alphabet, so the URL is known before uploading."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise HftuneError(f"invalid repo id {repo_id!r} from {source}: {err}".rstrip(".")) from None
-    if repo_id.count("/") != 1:
-        raise HftuneError(f"invalid repo id {repo_id!r} from {source}: write it as ORG_OR_USER/NAME")
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
@@ -270,19 +259,8 @@ def _read_adapter_config(run_dir: Path) -> dict[str, Any]:
         raise HftuneError(f"cannot read {path}: {err}; re-save the adapter with save_pretrained") from None
 
 
-def _cards_module() -> Any:
-    """`hftune.cards` when this install has it (it owns the card schema), else None."""
-    try:
-        from hftune import cards
-    except ModuleNotFoundError as err:
-        if err.name != "hftune.cards":
-            raise
-        return None
-    return cards
-
-
 def _validate_card(card: Path) -> None:
-    """YAML metadata must parse here; `hftune.cards.validate_card` (when present) checks the schema."""
+    """YAML metadata must parse here; `hftune.reporting.cards.validate_card` checks the schema."""
     from huggingface_hub.repocard import metadata_load
 
     try:
@@ -293,17 +271,26 @@ def _validate_card(card: Path) -> None:
         ) from None
     if not metadata:
         raise HftuneError(f"{card} has no YAML metadata block ('---' lines at the top): regenerate the card")
-    validate_card = getattr(_cards_module(), "validate_card", None)
-    if validate_card is not None:
-        validate_card(card)
+    cards.validate_card(card)
 
 
-def _name_repo_in_card(card: Path, repo_id: str) -> None:
-    """Cards are written before the repo id is known: their loading snippet gets the real one now."""
-    placeholder = getattr(_cards_module(), "PLACEHOLDER_REPO_ID", None)
+def _name_repo_in_card(staged: Path, repo_id: str, *, merged: bool = False) -> None:
+    """Cards are written before the repo id is known. An hftune run's card is rendered again from its record
+    with the repo id (title, model-index name, loading snippet; a merged adapter as the full model it now is);
+    another card gets the id in its snippet."""
+    card = staged / "README.md"
+    if (staged / RESULTS_FILE).is_file():
+        record = read_results(staged)
+        record.repo_id = repo_id
+        if merged:
+            record.artifact = "full"
+        card.unlink()  # staged files may be hard links into the run folder: never write through them
+        cards.write_model_card(staged, record)
+        write_results(staged, record)  # replaces the file by rename, so the run's own copy is untouched
+        return
     text = card.read_text(encoding="utf-8")
-    if placeholder and placeholder in text:
-        _rewrite(card, text.replace(placeholder, repo_id))
+    if cards.PLACEHOLDER_REPO_ID in text:
+        _rewrite(card, text.replace(cards.PLACEHOLDER_REPO_ID, repo_id))
 
 
 # -- network checks -----------------------------------------------------------------------------------------
@@ -392,8 +379,6 @@ def _point_adapter_at_hub_base(staged_config: Path, adapter_config: dict[str, An
     """An adapter loads elsewhere only if its base is a Hub id, not a path on this machine."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from hftune.models import embedded_encoder_path
-
     base = adapter_config.get("base_model_name_or_path")
     if not base:
         return
@@ -414,7 +399,9 @@ def _point_adapter_at_hub_base(staged_config: Path, adapter_config: dict[str, An
     )
 
 
-def _build_merged_folder(run_dir: Path, files: list[str], adapter_config: dict[str, Any], out: Path) -> None:
+def _build_merged_folder(
+    run_dir: Path, files: list[str], adapter_config: dict[str, Any], out: Path, repo_id: str
+) -> None:
     """Base + adapter merged with peft, saved as a plain transformers folder with the run's other files."""
     import peft
     from huggingface_hub import ModelCard
@@ -449,6 +436,7 @@ def _build_merged_folder(run_dir: Path, files: list[str], adapter_config: dict[s
     )
     AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(out)
 
+    _name_repo_in_card(out, repo_id, merged=True)
     card = ModelCard.load(out / "README.md")
     card.data.library_name = "transformers"
     card.data.tags = sorted({*(card.data.tags or []), "merged-adapter"} - {"peft"})

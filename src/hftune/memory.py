@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +31,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hftune.checks import check_range
+from hftune.config.checks import check_range, parse_size
 from hftune.errors import HftuneError
+from hftune.hardware import decide_precision, detect_hardware
+from hftune.methods import METHODS, PlanSettings, get_method, method_for_recipe
+from hftune.models import embedded_encoder_path
 
 GIB = 2**30
 MIB = 2**20
@@ -42,21 +44,10 @@ SAFETY_MARGIN = 0.10
 OPTIMIZERS = ("adamw", "adamw_8bit")
 # TrainingArguments.optim value for each optimizer choice.
 TRAINER_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit"}
-METHODS = ("full", "freeze", "lora", "qlora", "bitfit")
 _BNB_MIN_8BIT_SIZE = 4096
 _BNB_BLOCKSIZE = 256
 # NF4: 4 bits per weight + absmax per 64-weight block, itself quantised to 8 bits with an fp32 absmax per 256.
 _NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
-
-
-def parse_size(text: str, where: str = "--budget") -> int:
-    """'6GB', '6 GiB', '5500MB' -> bytes. GB and GiB both mean 2**30: GPU memory is sold in binary units."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?)?\s*", text.lower())
-    if not match:
-        raise HftuneError(f"{where} {text!r} is not a size; write e.g. 6GB or 5500MB.")
-    unit = (match.group(2) or "b")[0]
-    scale = {"b": 1, "k": 2**10, "m": MIB, "g": GIB, "t": 2**40}[unit]
-    return int(float(match.group(1)) * scale)
 
 
 def format_bytes(n: float) -> str:
@@ -520,8 +511,6 @@ def model_from_config(
     """A randomly initialised model with the shape of `model_name_or_path` (no weights are read)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from hftune.models import embedded_encoder_path
-
     name = model_name_or_path or embedded_encoder_path()
     if name in KNOWN_SHAPES:
         config = KNOWN_SHAPES[name]()
@@ -550,24 +539,17 @@ def prepare_for_method(
     lora_r: int = 8,
     lora_target_modules: list[str] | None = None,
 ) -> nn.Module:
-    """Set `requires_grad` (or wrap with LoRA) with the recipes' own method functions, so the plan counts
-    exactly what the run will train. `freeze` defaults to the embeddings plus the lower half of the layers."""
-    from hftune import methods
-    from hftune.config import FreezeArguments, LoraArguments
-
-    if method not in METHODS:
-        raise HftuneError(f"--method {method!r} is not one of {', '.join(METHODS)}.")
-    if method in ("lora", "qlora"):
-        # Quantisation is accounted for by the estimate itself; here only the adapter layout matters.
-        lora = LoraArguments(lora_r=lora_r, lora_alpha=2 * lora_r, lora_target_modules=lora_target_modules)
-        return methods.apply_lora(model, lora, task_type="CAUSAL_LM" if _is_causal_lm(model) else "SEQ_CLS")
-    if method == "freeze":
-        if freeze_layers is None:
-            freeze_layers = len(methods.encoder_layers(model)) // 2
-        return methods.apply_freeze(
-            model, FreezeArguments(freeze_embeddings=True, freeze_layers=freeze_layers)
-        )
-    return methods.METHODS[method](model)
+    """Set `requires_grad` (or wrap with LoRA) with the method's registered plan function, which applies the
+    recipes' own method code, so the plan counts exactly what the run will train. `freeze` defaults to the
+    embeddings plus the lower half of the layers."""
+    registered = get_method(method)
+    settings = PlanSettings(
+        freeze_layers=freeze_layers,
+        lora_r=lora_r,
+        lora_target_modules=lora_target_modules,
+        causal_lm=_is_causal_lm(model),
+    )
+    return registered.plan(model, settings)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -611,14 +593,12 @@ def _settings_from_target(target: str) -> dict:
                 settings[key] = kind(data[key])
         return settings
     if path.suffix == ".py":
-        found = [m for m in ("qlora", "lora", "full", "freeze", "bitfit") if m in path.stem]
-        return {"method": found[0]} if found else {}
+        registered = method_for_recipe(path)
+        return {"method": registered.name} if registered else {}
     raise HftuneError(f"plan target {target!r} must be a .yaml config or a recipe .py file.")
 
 
 def plan_command(argv: list[str]) -> int:
-    from hftune.hardware import decide_precision, detect_hardware
-
     parser = argparse.ArgumentParser(
         prog="hftune plan", description="Estimate peak training memory; fit a budget."
     )
@@ -628,7 +608,7 @@ def plan_command(argv: list[str]) -> int:
         "--device", choices=("cuda", "mps", "cpu"), help="device to plan for (default: this one)"
     )
     parser.add_argument("--model_name_or_path", help="Hub id, local folder or known shape (weights not read)")
-    parser.add_argument("--method", choices=METHODS)
+    parser.add_argument("--method", choices=[m for m in METHODS if METHODS[m].plan is not None])
     parser.add_argument(
         "--batch_size", "--per_device_train_batch_size", dest="per_device_train_batch_size", type=int
     )
@@ -649,7 +629,7 @@ def plan_command(argv: list[str]) -> int:
     for name in ("per_device_train_batch_size", "max_seq_length", "gradient_accumulation_steps", "lora_r"):
         check_range(name, settings.get(name))
     method = settings.get("method", "lora")
-    quantization = "4bit" if settings.get("load_in_4bit") or method == "qlora" else None
+    quantization = "4bit" if settings.get("load_in_4bit") else get_method(method).quantization
     quantization = quantization or ("8bit" if settings.get("load_in_8bit") else None)
     hw = detect_hardware()
     device = args.device or hw.device_type

@@ -6,7 +6,10 @@ import importlib.resources
 import os
 from pathlib import Path
 
+from hftune.config import check_attention_dropout
 from hftune.errors import HftuneError
+from hftune.persistence import verify_weights
+from hftune.runtime import cache_dir, fail_fast_when_hub_unreachable
 
 EMBEDDED_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -21,38 +24,14 @@ def hub_id_for(name_or_path: str) -> str:
     return EMBEDDED_ENCODER_HUB_ID if name_or_path == embedded_encoder_path() else name_or_path
 
 
+def local_copy_of(name_or_path: str) -> str:
+    """The embedded encoder's folder for its Hub id (published runs name it so), else `name_or_path` unchanged."""
+    return embedded_encoder_path() if name_or_path == EMBEDDED_ENCODER_HUB_ID else name_or_path
+
+
 def _looks_like_local_path(name: str) -> bool:
     """Hub ids are `name` or `org/name`; anything else is meant as a folder."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def hub_is_reachable(timeout: float = 3.0) -> bool:
-    """One quick request to the endpoint, so an offline machine learns it in seconds, not minutes of retries."""
-    import urllib.request
-
-    from huggingface_hub import constants
-
-    try:
-        urllib.request.urlopen(constants.ENDPOINT, timeout=timeout)  # noqa: S310 - the configured Hub endpoint
-    except urllib.error.HTTPError:
-        return True  # the server answered
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def fail_fast_when_hub_unreachable(name: str, kind: str = "model") -> None:
-    """Switch to cache-only mode when the Hub cannot be reached, so a cached id still loads at once."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or hub_is_reachable():
-        return
-    print(f"hftune: the Hub is unreachable; loading {kind} {name!r} from the local cache only", flush=True)
-    import datasets
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    constants.HF_HUB_OFFLINE = True  # read by huggingface_hub and transformers at each call
-    datasets.config.HF_HUB_OFFLINE = True  # datasets keeps its own copy
 
 
 def resolve_model_name(
@@ -97,7 +76,7 @@ def check_base_model(name_or_path: str, *, kind: str, max_seq_length: int | None
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
-    from hftune.checks import check_model_kind, check_position_limit, describe_folder
+    from hftune.config.checks import check_model_kind, check_position_limit, describe_folder
 
     folder = Path(name_or_path)
     if folder.is_dir() and not (folder / "config.json").is_file():
@@ -144,14 +123,6 @@ ATTENTION_DROPOUT_ATTRIBUTES = (
     "attn_pdrop",  # GPT-2, GPT-J, OpenAI GPT, CodeGen
     "attn_dropout",
 )
-
-
-def check_attention_dropout(value: float | None, flag: str = "--attention_dropout") -> None:
-    """A dropout probability is in [0, 1); 1 would drop every attention weight."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise HftuneError(f"{flag} is {value!r}; it must be a probability in [0, 1), e.g. 0.0 or 0.1")
 
 
 def _attention_dropout_names(config) -> list[str]:
@@ -289,8 +260,6 @@ def embedded_causal_lm_path() -> str:
     import sys
     import tempfile
 
-    from hftune.data import cache_dir
-
     target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
     if (target / "config.json").is_file():
         return str(target)
@@ -341,8 +310,6 @@ def load_adapter_classifier(run_dir: str | Path, base_model_name_or_path: str | 
     import json
 
     from peft import PeftModel
-
-    from hftune.persistence import verify_weights
 
     run_dir = Path(run_dir)
     config_path = run_dir / "adapter_config.json"

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hftune.errors import HftuneError
+from hftune.runtime import warn
 
 MANIFEST_NAME = "weights.sha256.json"
 COMPLETION_MARKER = "results.json"
@@ -39,10 +40,6 @@ CHECKPOINT_STAGING_SUFFIX = ".partial"
 LOCK_NAME = ".hftune.lock"
 # Tests set this to hold a save open just before its commit, so a kill lands inside the save.
 PAUSE_BEFORE_COMMIT_ENV = "HFTUNE_TEST_PAUSE_BEFORE_COMMIT"
-
-
-def warn(message: str) -> None:
-    print(f"hftune: warning: {message}", file=sys.stderr, flush=True)
 
 
 def pause_before_commit(what: str) -> None:

@@ -9,33 +9,26 @@ integrity checks.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
-import shutil
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from safetensors import SafetensorError, safe_open
 
 import hftune
 from hftune.errors import HftuneError
+from hftune.hardware import resolve_device
 from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration
 from hftune.jsl.tokenization_jsl import JslTokenizer
-
-MANIFEST_NAME = "weights.sha256.json"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from hftune.persistence import (  # noqa: F401 - re-exported
+    MANIFEST_NAME,
+    atomic_directory,
+    file_sha256,
+    verify_weights,
+    write_weights_manifest,
+)
 
 
 def provenance() -> dict[str, Any]:
@@ -50,22 +43,17 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def save_jsl_model(
+def write_jsl_folder(
     model: JslSeq2SeqForConditionalGeneration,
     tokenizer: JslTokenizer,
-    out_dir: str | Path,
+    folder: str | Path,
     metadata: dict[str, Any],
-    extra_files: dict[str, str] | None = None,
-) -> Path:
-    """Write a complete model folder at `out_dir`, all or nothing.
+) -> None:
+    """Write the model, tokenizer and weight manifest into `folder` (a staging folder: see `save_jsl_model`).
 
-    Everything is written into a temporary sibling folder that is renamed into place at the end; on any error
-    the temporary folder is removed and a folder already at `out_dir` is left as it was. `metadata` (e.g. seed,
-    git_commit, dataset) is merged over `provenance()` into `config.training_metadata`; the tokenizer's
-    vocabulary hash goes to `config.vocab_hash`. `extra_files` maps file names (e.g. README.md, metrics.json)
-    to text written into the same folder before the rename.
+    `metadata` (e.g. seed, git_commit, dataset) is merged over `provenance()` into `config.training_metadata`;
+    the tokenizer's vocabulary hash goes to `config.vocab_hash`.
     """
-    out = Path(out_dir)
     if len(tokenizer) != model.config.vocab_size:
         raise HftuneError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}; "
@@ -73,30 +61,22 @@ def save_jsl_model(
         )
     model.config.vocab_hash = tokenizer.vocab_hash()
     model.config.training_metadata = {**provenance(), **metadata}
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    write_weights_manifest(folder)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    backup = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        manifest = {path.name: file_sha256(path) for path in sorted(staging.glob("*.safetensors"))}
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text, encoding="utf-8")
-        if out.exists():
-            out.rename(backup)
-        try:
-            staging.rename(out)
-        except BaseException:
-            if backup.exists():
-                backup.rename(out)
-            raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-    return out
+
+def save_jsl_model(
+    model: JslSeq2SeqForConditionalGeneration,
+    tokenizer: JslTokenizer,
+    out_dir: str | Path,
+    metadata: dict[str, Any],
+) -> Path:
+    """Write a complete model folder at `out_dir`, all or nothing: a folder already there stays as it was
+    until the new one is whole."""
+    with atomic_directory(out_dir) as staging:
+        write_jsl_folder(model, tokenizer, staging, metadata)
+    return Path(out_dir)
 
 
 def resolve_model_folder(path_or_repo: str | Path) -> Path:
@@ -124,37 +104,15 @@ def resolve_model_folder(path_or_repo: str | Path) -> Path:
 
 
 def verify_weight_files(folder: Path) -> None:
-    """Refuse truncated or altered safetensors files, naming the file."""
-    weight_files = sorted(folder.glob("*.safetensors"))
-    if not weight_files:
+    """Refuse a folder without weights, and truncated or altered safetensors files, naming the file."""
+    if not any(folder.glob("*.safetensors")):
         raise HftuneError(f"{folder} has no *.safetensors weight file; save the model with save_jsl_model")
-    manifest_path = folder / MANIFEST_NAME
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        for name, expected in manifest.items():
-            path = folder / name
-            if not path.is_file():
-                raise HftuneError(
-                    f"{path} is listed in {MANIFEST_NAME} but missing; copy the complete folder"
-                )
-            if file_sha256(path) != expected:
-                raise HftuneError(
-                    f"{path} does not match its sha256 in {MANIFEST_NAME} (truncated or altered); "
-                    "copy or download the folder again"
-                )
-    for path in weight_files:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                handle.keys()
-        except SafetensorError as err:
-            raise HftuneError(
-                f"{path} is not a readable safetensors file ({err}); copy or download it again"
-            ) from None
+    verify_weights(folder)
 
 
 def check_jsl_folder(folder: Path, name: str, flag: str) -> None:
     """Refuse a folder that is not a JSL model (a classifier run, a causal LM) before its files are read as one."""
-    from hftune.checks import check_model_kind, describe_folder, read_json
+    from hftune.config.checks import check_model_kind, describe_folder, read_json
 
     config = read_json(folder / "config.json")
     if not isinstance(config, dict):
@@ -164,17 +122,6 @@ def check_jsl_folder(folder: Path, name: str, flag: str) -> None:
             "pass a folder saved by recipes/jsl_seq2seq.py (or its Hub repo id)"
         )
     check_model_kind(config, "jsl", name, flag)
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> cuda, then mps, then cpu; anything else is passed to torch as is."""
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def load_jsl_model(

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from hftune.errors import HftuneError
-from hftune.persistence import warn
+from hftune.runtime import warn
 
 DEFAULT_ATTENTION_INPUTS: tuple[str, ...] = ("ありがとう", "わたしはたべます", "きのう図書館に行きました")
 # Fonts with Japanese glyphs on Windows, macOS and Linux; without one the heatmaps label positions by number.

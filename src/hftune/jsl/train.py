@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +27,23 @@ from transformers import (
     set_seed,
 )
 
+from hftune import hardware
 from hftune.errors import HftuneError
+from hftune.jsl.artifacts import write_jsl_folder
 from hftune.jsl.configuration_jsl import JslSeq2SeqConfig
+from hftune.jsl.corpus import CORPUS_NAME, load_gloss_pairs, load_jsl_corpus
 from hftune.jsl.export import DEFAULT_ATTENTION_INPUTS, check_weight_name, export_attentions, export_weights
 from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration
 from hftune.jsl.tokenization_jsl import JslTokenizer, target_tokens
-from hftune.training import AtomicCheckpointTrainer, last_checkpoint, log, run_facts, world_size
+from hftune.jsl.translate import measure_generation_speed
+from hftune.metrics import gloss_metrics
+from hftune.reporting.plots import plot_training_curves
+from hftune.results import RunRecord
+from hftune.runtime import log, world_size
+from hftune.training.callbacks import MemoryCallback
+from hftune.training.cpu import prepare_cpu_training
+from hftune.training.lifecycle import claim_run, save_run, training_facts
+from hftune.training.trainer import AtomicCheckpointTrainer
 
 
 @dataclass
@@ -139,8 +149,6 @@ class JslArguments:
 def load_training_pairs(args: JslArguments, seed: int):
     """(DatasetDict train/validation/test with `ja` and `gloss`, dataset name, name of the split scored last)."""
     from datasets import DatasetDict
-
-    from hftune.jsl.corpus import CORPUS_NAME, load_gloss_pairs, load_jsl_corpus
 
     if args.train_file is None:
         if args.validation_file or args.test_file:
@@ -276,8 +284,6 @@ def decide_device_and_precision(
 ):
     """Resolve --device/--precision into Trainer flags (use_cpu, bf16, fp16); returns (new args, decision).
     On CPU, `model` (when given) gets the CPU training set-up of `hftune.cpu_training`."""
-    from hftune import hardware
-    from hftune.cpu_training import prepare_cpu_training
 
     info = hardware.detect_hardware()
     device = hardware.resolve_device(args.device, info)
@@ -307,7 +313,6 @@ class GlossScorer:
         self.predictions: list[str] = []
 
     def __call__(self, prediction) -> dict[str, float]:
-        from hftune.metrics import gloss_metrics
 
         ids = (
             prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
@@ -404,17 +409,11 @@ def run_jsl_training(
     final_split: str,
 ) -> dict[str, Any]:
     """Train, keep the best epoch, score `final_split`, save the folder; returns the results dict."""
-    from hftune.hardware import MemoryCallback
-    from hftune.persistence import claim_output_dir, staged_final_artifacts
-    from hftune.results import library_versions
-
     if not training_args.predict_with_generate:
         raise HftuneError("--predict_with_generate False would score teacher-forced logits; keep it True")
     if args.export_weights:
         check_weight_name(model, args.export_weights)  # before training, not after it
-    out = Path(training_args.output_dir)
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    with claim_output_dir(out, is_main_process=main_process) as claim:
+    with claim_run(training_args.output_dir) as run:
         tokenized = tokenize_pairs(splits, tokenizer, args.max_target_length)
         scorer = GlossScorer(tokenizer, normalised_references(splits["validation"]))
         memory = MemoryCallback()
@@ -433,12 +432,9 @@ def run_jsl_training(
         log(
             f"scratch: {total:,} parameters, vocabulary {len(tokenizer)}, {len(tokenized['train'])} training pairs"
         )
-        resume_from = last_checkpoint(str(out))
-        if resume_from:
-            log(f"resuming from {resume_from}")
-        claim.training_started()
+        run.training_started()
         started = time.perf_counter()
-        train_output = trainer.train(resume_from_checkpoint=resume_from)
+        train_output = trainer.train(resume_from_checkpoint=run.resume_from)
         train_seconds = time.perf_counter() - started
         # Trainer copies TrainingArguments.use_cache into config.use_cache (False if a user turns it off for
         # training); generation and the saved config/generation_config always want the KV cache on.
@@ -460,41 +456,43 @@ def run_jsl_training(
 
         model = trainer.model.eval()
         set_generation_config(model, tokenizer, for_trainer=False)
-        speed = _generation_speed(model, tokenizer, splits[final_split]["ja"])
-        results = {
-            "task": "jsl-seq2seq",
-            "method": "scratch",
-            "artifact": "remote-code",
-            "base_model": None,
-            "dataset": dataset_name,
-            "language": ["ja"],
-            "metrics": final_metrics,
-            "eval_split": final_split,
-            "validation_metrics": {
+        speed = measure_generation_speed(model, tokenizer, splits[final_split]["ja"])
+        record = RunRecord(
+            task="jsl-seq2seq",
+            method="scratch",
+            artifact="remote-code",
+            dataset=dataset_name,
+            language=["ja"],
+            metrics=final_metrics,
+            eval_split=final_split,
+            validation_metrics={
                 k.removeprefix("eval_"): float(v)
                 for k, v in validation_metrics.items()
                 if not k.endswith(("runtime", "samples_per_second", "steps_per_second"))
             },
-            "split_sizes": {name: len(split) for name, split in splits.items()},
-            "vocabulary_size": len(tokenizer),
-            **run_facts(
+            split_sizes={name: len(split) for name, split in splits.items()},
+            vocabulary_size=len(tokenizer),
+            **training_facts(
                 trainable=trainable,
                 total=total,
                 train_seconds=train_seconds,
-                train_output=train_output,
-                memory=memory,
-                training_args=training_args,
+                samples_per_second=train_output.metrics.get("train_samples_per_second"),
+                peak_memory_mb=memory.peak_mb,
+                seed=training_args.seed,
                 decision=decision,
-                resume_from=resume_from,
+                resume_from=run.resume_from,
             ),
-            "best_checkpoint_metric": trainer.state.best_metric,
-            "hyperparameters": _hyperparameters(args, training_args),
-            "generation_speed": speed,
+            best_checkpoint_metric=trainer.state.best_metric,
+            hyperparameters=_hyperparameters(args, training_args),
+            # The decoding the scores were made with (Seq2SeqTrainer's greedy search up to max_target_length):
+            # `hftune evaluate` decodes the same way.
+            generation={"num_beams": 1, "max_new_tokens": model.generation_config.max_new_tokens},
+            generation_speed=speed,
             # the leaderboard's column, measured as the instruction-tuning recipe does: batched greedy
             # generation over the held-out split, wall time per sentence
-            "generation_latency_ms": round(1000 / speed["batched_greedy_sentences_per_second"], 2),
-            "versions": library_versions(),
-        }
+            generation_latency_ms=round(1000 / speed["batched_greedy_sentences_per_second"], 2),
+            log_history=trainer.state.log_history,
+        )
         metadata = {
             "seed": training_args.seed,
             "git_commit": git_commit(),
@@ -513,58 +511,29 @@ def run_jsl_training(
                 splits[final_split]["ja"], scorer.references, scorer.predictions, strict=True
             )
         ]
-        with staged_final_artifacts(out) as staging, tempfile.TemporaryDirectory() as tmp:
-            plots_dir = Path(tmp) / out.resolve().name  # the card names the model after this folder
-            plots_dir.mkdir()
-            _save_folder(
-                model, tokenizer, args, staging, plots_dir, results, metadata, metrics_file, predictions
+
+        def write_artifacts(folder: Path) -> None:
+            write_jsl_folder(model, tokenizer, folder, metadata)
+            (folder / "metrics.json").write_text(
+                json.dumps(metrics_file, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
             )
-    log(f'saved to {out}; translate with: hftune translate --model {out} "ありがとう"')
-    return results
+            (folder / f"{final_split}_predictions.jsonl").write_text(
+                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in predictions), encoding="utf-8"
+            )
+            if args.export_attentions:
+                files = export_attentions(
+                    model, tokenizer, args.attention_inputs, folder / "attentions", args.attention_max_length
+                )
+                log(f"attention maps: {len(files)} files in attentions/")
+            if args.export_weights:
+                path = export_weights(model, args.export_weights, folder / "weights")
+                log(f"weights: {path.relative_to(folder)}")
 
+        def make_plots(folder: Path) -> list[Path | None]:
+            return [
+                plot_training_curves(trainer.state.log_history, folder / "training_curves.png", "exact_match")
+            ]
 
-def _generation_speed(model, tokenizer, texts: list[str]) -> dict[str, float]:
-    from hftune.jsl.translate import measure_generation_speed
-
-    return measure_generation_speed(model, tokenizer, texts)
-
-
-def _save_folder(
-    model, tokenizer, args, staging: Path, plots_dir: Path, results, metadata, metrics_file, predictions
-) -> None:
-    """Everything goes through save_jsl_model's atomic write; the card is rendered first so it is part of it."""
-    from hftune.cards import build_model_card, validate_card
-    from hftune.jsl.artifacts import save_jsl_model
-    from hftune.plots import plot_training_curves
-    from hftune.results import directory_size_mb
-
-    plots = [
-        plot_training_curves(metrics_file["training_curve"], plots_dir / "training_curves.png", "exact_match")
-    ]
-    results["plots"] = [p.name for p in plots if p is not None]
-    card = build_model_card(results, plots_dir)
-    validate_card(card, source=str(staging / "README.md"))
-    extra = {
-        "README.md": str(card),
-        "metrics.json": json.dumps(metrics_file, indent=1, ensure_ascii=False, default=str) + "\n",
-        f"{results['eval_split']}_predictions.jsonl": "".join(
-            json.dumps(row, ensure_ascii=False) + "\n" for row in predictions
-        ),
-    }
-    save_jsl_model(model, tokenizer, staging, metadata, extra_files=extra)
-    for plot in plots_dir.glob("*.png"):
-        (staging / plot.name).write_bytes(plot.read_bytes())
-    if args.export_attentions:
-        files = export_attentions(
-            model, tokenizer, args.attention_inputs, staging / "attentions", args.attention_max_length
-        )
-        log(f"attention maps: {len(files)} files in attentions/")
-    if args.export_weights:
-        path = export_weights(model, args.export_weights, staging / "weights")
-        log(f"weights: {path.relative_to(staging)}")
-    # Written last, with the size of everything saved (as the classifier recipes record it); `staging` is
-    # renamed into place only after this, so the folder is still all or nothing.
-    results["disk_size_mb"] = directory_size_mb(staging)
-    (staging / "results.json").write_text(
-        json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
-    )
+        save_run(run.output_dir, record, write_artifacts=write_artifacts, make_plots=make_plots)
+    log(f'saved to {run.output_dir}; translate with: hftune translate --model {run.output_dir} "ありがとう"')
+    return record.to_dict()

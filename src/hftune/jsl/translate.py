@@ -21,9 +21,11 @@ from typing import Any
 
 import torch
 
-from hftune.checks import check_range
+from hftune.config.checks import check_range
 from hftune.errors import HftuneError
-from hftune.persistence import warn
+from hftune.hardware import resolve_device
+from hftune.jsl.artifacts import load_jsl_model
+from hftune.runtime import warn
 
 # Sentences per generate() call. Each decoding step costs a fixed Python/dispatch overhead, large next to the
 # arithmetic of a 1M-parameter model, so bigger batches spread it further: on 612 corpus sentences, 2 CPU
@@ -173,9 +175,6 @@ def _parser() -> argparse.ArgumentParser:
 def translate_command(argv: list[str]) -> int:
     """`hftune translate`: see the module docstring."""
     from transformers.utils import logging as transformers_logging
-
-    from hftune.hardware import resolve_device
-    from hftune.jsl.artifacts import load_jsl_model
 
     args = _parser().parse_args(argv)
     if args.texts and args.input_file:

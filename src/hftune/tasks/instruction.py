@@ -28,17 +28,29 @@ from typing import Any
 
 import torch
 
-from hftune.checks import check_existing_folder, check_range
+from hftune.config.checks import check_existing_folder, check_range
+from hftune.data import read_data_file
+from hftune.data.prompts import (
+    IGNORE_INDEX,
+    JSL_INSTRUCTION,
+    PROMPT_FORMATS,
+    prompt_ids,
+    record_messages,
+    response_ids,
+)
 from hftune.errors import HftuneError
-from hftune.training import AtomicCheckpointTrainer
+from hftune.jsl.corpus import CORPUS_NAME, load_jsl_corpus
+from hftune.methods import METHODS, get_method, lora_target_modules
+from hftune.metrics import gloss_metrics
+from hftune.models import EMBEDDED_CAUSAL_LM_HUB_ID, count_parameters, embedded_causal_lm_path, hub_load_error
+from hftune.reporting.plots import plot_training_curves
+from hftune.results import RunRecord
+from hftune.runtime import fail_fast_when_hub_unreachable, log, world_size
+from hftune.training.callbacks import MemoryCallback
+from hftune.training.lifecycle import claim_run, save_run, training_facts
+from hftune.training.trainer import AtomicCheckpointTrainer
 
 JSL_DATASET = "jsl"
-JSL_INSTRUCTION = "次の日本語を日本手話のグロスに翻訳してください"
-PROMPT_FORMATS = ("alpaca", "chat")
-IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
-
-ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-ALPACA_PROMPT_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
 # --- arguments -------------------------------------------------------------------------------------
@@ -128,91 +140,6 @@ class InstructionArguments:
 # --- prompts ---------------------------------------------------------------------------------------
 
 
-def render_alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - the Alpaca field name
-    """The Alpaca prompt up to and including `### Response:\\n`; the Input block only when input is non-empty."""
-    if input and input.strip():
-        return ALPACA_PROMPT.format(instruction=instruction, input=input)
-    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
-
-
-def user_text(record: Mapping[str, Any]) -> str:
-    extra = record.get("input") or ""
-    return f"{record['instruction']}\n\n{extra}" if extra.strip() else str(record["instruction"])
-
-
-def record_messages(record: Mapping[str, Any]) -> tuple[list[dict], str]:
-    """(prompt messages, assistant response) of an Alpaca or `messages` record."""
-    messages = record.get("messages")
-    if messages is None:
-        return [{"role": "user", "content": user_text(record)}], str(record.get("output") or "")
-    if not messages or messages[-1].get("role") != "assistant":
-        raise HftuneError(
-            f"a `messages` record ends with role {messages[-1].get('role') if messages else None!r}; "
-            "the last message must be the assistant's answer to train on"
-        )
-    return [dict(m) for m in messages[:-1]], str(messages[-1].get("content") or "")
-
-
-def _alpaca_fields(record: Mapping[str, Any]) -> tuple[str, str]:
-    messages = record.get("messages")
-    if messages is None:
-        return str(record["instruction"]), str(record.get("input") or "")
-    prompt_messages, _ = record_messages(record)
-    users = [m for m in prompt_messages if m.get("role") == "user"]
-    if len(users) != 1 or any(m.get("role") not in ("user", "system") for m in prompt_messages):
-        raise HftuneError(
-            "a multi-turn `messages` record cannot be rendered with --prompt_format alpaca; "
-            "use --prompt_format chat"
-        )
-    return str(users[0].get("content") or ""), ""
-
-
-def prompt_ids(record: Mapping[str, Any], tokenizer, prompt_format: str) -> list[int]:
-    """Token ids of the prompt, exactly as training saw them and generation must see them."""
-    if prompt_format == "alpaca":
-        instruction, extra = _alpaca_fields(record)
-        return tokenizer(render_alpaca_prompt(instruction, extra), add_special_tokens=True)["input_ids"]
-    if prompt_format == "chat":
-        prompt_messages, _ = record_messages(record)
-        text = _chat_template(tokenizer, prompt_messages, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    raise HftuneError(
-        f"--prompt_format {prompt_format!r} is unknown; choose one of {', '.join(PROMPT_FORMATS)}"
-    )
-
-
-def _chat_template(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        raise HftuneError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use --prompt_format alpaca"
-        )
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-
-
-def response_ids(record: Mapping[str, Any], tokenizer, prompt_format: str) -> list[int]:
-    """Token ids the model must learn to produce after the prompt, ending with end-of-sequence."""
-    prompt_messages, response = record_messages(record)
-    if prompt_format == "chat":
-        # The template's text after the generation prompt: the answer plus its end-of-turn tokens.
-        prompt_text = _chat_template(tokenizer, prompt_messages, add_generation_prompt=True)
-        full_text = _chat_template(
-            tokenizer,
-            [*prompt_messages, {"role": "assistant", "content": response}],
-            add_generation_prompt=False,
-        )
-        if not full_text.startswith(prompt_text):
-            raise HftuneError(
-                f"the chat template of {getattr(tokenizer, 'name_or_path', '')!r} rewrites the prompt when an "
-                "answer follows, so the answer cannot be separated from it; use --prompt_format alpaca"
-            )
-        return tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is None:
-        raise HftuneError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos token; set one")
-    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-
-
 # --- examples: masking, truncation, packing ---------------------------------------------------------
 
 
@@ -299,9 +226,6 @@ class InstructionCollator:
         return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
 
 
-# --- data ------------------------------------------------------------------------------------------
-
-
 # --- training loss ---------------------------------------------------------------------------------
 
 
@@ -366,8 +290,6 @@ def load_instruction_splits(args: InstructionDataArguments, seed: int = 42):
     import datasets
     from datasets import Dataset, DatasetDict
 
-    from hftune.data import read_data_file
-
     if args.train_file:
         splits = {"train": read_data_file(args.train_file)}
         for name, path in (("validation", args.validation_file), ("test", args.test_file)):
@@ -379,14 +301,10 @@ def load_instruction_splits(args: InstructionDataArguments, seed: int = 42):
             "--validation_file/--test_file were given without --train_file; pass --train_file too"
         )
     elif args.dataset_name == JSL_DATASET:
-        from hftune.jsl.corpus import CORPUS_NAME, load_jsl_corpus
-
         corpus = load_jsl_corpus()
         splits = {name: Dataset.from_list(jsl_records(corpus[name])) for name in corpus}
         source = CORPUS_NAME
     elif args.dataset_name:
-        from hftune.models import fail_fast_when_hub_unreachable
-
         fail_fast_when_hub_unreachable(args.dataset_name, kind="dataset")
         try:
             loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
@@ -443,8 +361,6 @@ def load_causal_lm(
     """(model, tokenizer) of a causal LM; the tokenizer gets a pad token (eos) if it has none."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hftune.models import hub_load_error
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             tokenizer_name or name_or_path, trust_remote_code=trust_remote_code
@@ -484,7 +400,7 @@ def load_instruction_model(run_dir: str | Path, *, device: str = "cpu"):
 
     run_dir = Path(run_dir)
     results_path = run_dir / "results.json"
-    results = read_results(run_dir) if results_path.is_file() else {}
+    results = read_results(run_dir).to_dict() if results_path.is_file() else {}
     check_instruction_folder(run_dir, results)
     if (run_dir / "adapter_config.json").is_file():
         from peft import PeftModel
@@ -493,8 +409,6 @@ def load_instruction_model(run_dir: str | Path, *, device: str = "cpu"):
             "base_model_name_or_path"
         ]
         if not Path(base).is_dir() and results.get("base_model_embedded"):
-            from hftune.models import embedded_causal_lm_path
-
             base = embedded_causal_lm_path()  # the cache moved (another machine or HFTUNE_CACHE)
         model, _ = load_causal_lm(base)
         model = PeftModel.from_pretrained(model, str(run_dir))
@@ -515,7 +429,7 @@ def check_instruction_folder(run_dir: Path, results: Mapping[str, Any]) -> None:
     """Refuse a run of another task (a classifier, a JSL model) before its weights are loaded as a causal LM."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from hftune.checks import check_model_kind, read_json
+    from hftune.config.checks import check_model_kind, read_json
 
     fix = "pass a folder recipes/instruction_tuning.py saved (or its merged/ subfolder)"
     task = results.get("task")
@@ -662,159 +576,153 @@ def run_instruction_tuning(
     """Train with Trainer on response-only labels, score greedy generations on the held-out split, save, report."""
     from datasets import Dataset
 
-    from hftune.hardware import MemoryCallback
-    from hftune.jsl.corpus import CORPUS_NAME
-    from hftune.methods import lora_target_modules
-    from hftune.metrics import gloss_metrics
-    from hftune.models import EMBEDDED_CAUSAL_LM_HUB_ID, count_parameters
-    from hftune.plots import plot_training_curves
-    from hftune.results import directory_size_mb, library_versions
-    from hftune.training import last_checkpoint, log, run_facts, world_size, write_model_card_and_results
-
-    artifact = "adapter" if method in ("lora", "qlora") else "full"
+    artifact = get_method(method).artifact if method in METHODS else "full"
     trainable, total = count_parameters(model)
     log(f"{method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
 
-    encoded = {}
-    for name in ("train", "validation"):
-        examples, report = encode_records(
-            splits[name], tokenizer, data_args.prompt_format, data_args.max_seq_length
+    with claim_run(training_args.output_dir) as run:
+        encoded = {}
+        for name in ("train", "validation"):
+            examples, report = encode_records(
+                splits[name], tokenizer, data_args.prompt_format, data_args.max_seq_length
+            )
+            log(report.summary(name, data_args.max_seq_length))
+            if not examples:
+                raise HftuneError(
+                    f"no {name} example fits in --max_seq_length {data_args.max_seq_length}; raise it"
+                )
+            if name == "train" and data_args.packing:
+                examples = pack_examples(examples, data_args.max_seq_length)
+                log(
+                    f"train: packed {report.kept} examples into {len(examples)} rows of "
+                    f"<= {data_args.max_seq_length} tokens"
+                )
+            encoded[name] = Dataset.from_list(examples)
+
+        memory = MemoryCallback()
+        trainer = ResponseOnlyLossTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=encoded["train"],
+            eval_dataset=encoded["validation"],
+            processing_class=tokenizer,
+            data_collator=InstructionCollator(tokenizer.pad_token_id),
+            callbacks=[memory],
         )
-        log(report.summary(name, data_args.max_seq_length))
-        if not examples:
-            raise HftuneError(
-                f"no {name} example fits in --max_seq_length {data_args.max_seq_length}; raise it"
-            )
-        if name == "train" and data_args.packing:
-            examples = pack_examples(examples, data_args.max_seq_length)
-            log(
-                f"train: packed {report.kept} examples into {len(examples)} rows of <= {data_args.max_seq_length} tokens"
-            )
-        encoded[name] = Dataset.from_list(examples)
+        # No KV cache while training: it is useless there, and its presence turns off the per-example mask
+        # transformers derives from packed position_ids, letting packed examples attend to each other.
+        model.config.use_cache = False
+        run.training_started()
+        started = time.perf_counter()
+        train_output = trainer.train(resume_from_checkpoint=run.resume_from)
+        train_seconds = time.perf_counter() - started
+        validation_loss = trainer.evaluate().get("eval_loss")
+        model.config.use_cache = True  # saved with a full model: generation wants the cache
+        if not trainer.is_world_process_zero():
+            return {}
 
-    memory = MemoryCallback()
-    trainer = ResponseOnlyLossTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=encoded["train"],
-        eval_dataset=encoded["validation"],
-        processing_class=tokenizer,
-        data_collator=InstructionCollator(tokenizer.pad_token_id),
-        callbacks=[memory],
-    )
-    # No KV cache while training: it is useless there, and its presence turns off the per-example mask
-    # transformers derives from packed position_ids, letting packed examples attend to each other.
-    model.config.use_cache = False
-    resume_from = last_checkpoint(training_args.output_dir)
-    if resume_from:
-        log(f"resuming from {resume_from}")
-    started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=resume_from)
-    train_seconds = time.perf_counter() - started
-    validation_loss = trainer.evaluate().get("eval_loss")
-    model.config.use_cache = True  # saved with a full model: generation wants the cache
-    if not trainer.is_world_process_zero():
-        return {}
+        eval_split = "test" if "test" in splits else "validation"
+        held_out = list(splits[eval_split])
+        log(f"generating greedy answers for {len(held_out)} {eval_split} examples ...")
+        generations = generate_responses(
+            trainer.model,
+            tokenizer,
+            held_out,
+            prompt_format=data_args.prompt_format,
+            max_new_tokens=instruct_args.max_new_tokens,
+            batch_size=instruct_args.generation_batch_size,
+        )
+        predictions = [clean_response(text) for text in generations.texts]
+        references = _references(held_out)
+        metrics = gloss_metrics(predictions, references)
 
-    eval_split = "test" if "test" in splits else "validation"
-    held_out = list(splits[eval_split])
-    log(f"generating greedy answers for {len(held_out)} {eval_split} examples ...")
-    generations = generate_responses(
-        trainer.model,
-        tokenizer,
-        held_out,
-        prompt_format=data_args.prompt_format,
-        max_new_tokens=instruct_args.max_new_tokens,
-        batch_size=instruct_args.generation_batch_size,
-    )
-    predictions = [clean_response(text) for text in generations.texts]
-    references = _references(held_out)
-    metrics = gloss_metrics(predictions, references)
-
-    out = Path(training_args.output_dir)
-    # model.save_pretrained, not Trainer.save_model: the latter adds training_args.bin, a pickle.
-    trainer.model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    if instruct_args.merge and artifact == "adapter":
-        save_merged(out, base_model, out / "merged")
-    with (out / "predictions.jsonl").open("w", encoding="utf-8") as handle:
-        for record, prediction, reference in zip(held_out, predictions, references, strict=True):
-            row = {
-                "prompt": record_messages(record)[0][-1]["content"],
-                "reference": reference,
-                "prediction": prediction,
-            }
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    plots = [plot_training_curves(trainer.state.log_history, out / "training_curves.png", metric="loss")]
-
-    results = {
-        "task": "instruction-tuning",
-        "method": method,
-        "artifact": artifact,
-        "base_model": EMBEDDED_CAUSAL_LM_HUB_ID if base_model_embedded else base_model,
-        "base_model_path": base_model,
-        "base_model_embedded": base_model_embedded,
-        "dataset": dataset,
-        "language": ["ja"] if dataset == CORPUS_NAME else [],
-        "instruction": JSL_INSTRUCTION if dataset == CORPUS_NAME else None,
-        "eval_split": eval_split,
-        "split_sizes": {name: len(split) for name, split in splits.items()},
-        "metrics": metrics,
-        "validation_loss": validation_loss,
-        "generation_latency_ms": round(generations.ms_per_sentence, 2),
-        "generation_sentences_per_second": round(generations.sentences_per_second, 2),
-        **run_facts(
-            trainable=trainable,
-            total=total,
-            train_seconds=train_seconds,
-            train_output=train_output,
-            memory=memory,
-            training_args=training_args,
-            decision=decision,
-            resume_from=resume_from,
-        ),
-        "hyperparameters": {
-            "prompt_format": data_args.prompt_format,
-            "max_seq_length": data_args.max_seq_length,
-            "packing": data_args.packing,
-            "learning_rate": training_args.learning_rate,
-            "num_train_epochs": training_args.num_train_epochs,
-            "max_steps": training_args.max_steps,
-            "per_device_train_batch_size": training_args.per_device_train_batch_size,
-            "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-            "effective_batch_size": training_args.per_device_train_batch_size
-            * training_args.gradient_accumulation_steps
-            * world_size(),
-            "weight_decay": training_args.weight_decay,
-            "warmup_steps": training_args.warmup_steps,
-            "lr_scheduler_type": getattr(
-                training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type
+        record = RunRecord(
+            task="instruction-tuning",
+            method=method,
+            artifact=artifact,
+            base_model=EMBEDDED_CAUSAL_LM_HUB_ID if base_model_embedded else base_model,
+            base_model_path=base_model,
+            base_model_embedded=base_model_embedded,
+            dataset=dataset,
+            language=["ja"] if dataset == CORPUS_NAME else [],
+            instruction=JSL_INSTRUCTION if dataset == CORPUS_NAME else None,
+            eval_split=eval_split,
+            split_sizes={name: len(split) for name, split in splits.items()},
+            metrics=metrics,
+            validation_loss=validation_loss,
+            generation={"num_beams": 1, "max_new_tokens": instruct_args.max_new_tokens},
+            generation_latency_ms=round(generations.ms_per_sentence, 2),
+            generation_sentences_per_second=round(generations.sentences_per_second, 2),
+            **training_facts(
+                trainable=trainable,
+                total=total,
+                train_seconds=train_seconds,
+                samples_per_second=train_output.metrics.get("train_samples_per_second"),
+                peak_memory_mb=memory.peak_mb,
+                seed=training_args.seed,
+                decision=decision,
+                resume_from=run.resume_from,
             ),
-            "gradient_checkpointing": bool(training_args.activation_checkpointing),
-            "max_new_tokens": instruct_args.max_new_tokens,
-            **(
-                {
-                    "lora_r": lora_args.lora_r,
-                    "lora_alpha": lora_args.lora_alpha,
-                    "lora_dropout": lora_args.lora_dropout,
-                    "lora_target_modules": lora_target_modules(trainer.model, lora_args),
-                    "load_in_4bit": lora_args.load_in_4bit,
-                }
-                if artifact == "adapter"
-                else {}
-            ),
-        },
-        "log_history": trainer.state.log_history,
-        "plots": [p.name for p in plots if p is not None],
-        "versions": library_versions(),
-    }
-    results["disk_size_mb"] = directory_size_mb(out)
-    write_model_card_and_results(out, results)
+            hyperparameters={
+                "prompt_format": data_args.prompt_format,
+                "max_seq_length": data_args.max_seq_length,
+                "packing": data_args.packing,
+                "learning_rate": training_args.learning_rate,
+                "num_train_epochs": training_args.num_train_epochs,
+                "max_steps": training_args.max_steps,
+                "per_device_train_batch_size": training_args.per_device_train_batch_size,
+                "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+                "effective_batch_size": training_args.per_device_train_batch_size
+                * training_args.gradient_accumulation_steps
+                * world_size(),
+                "weight_decay": training_args.weight_decay,
+                "warmup_steps": training_args.warmup_steps,
+                "lr_scheduler_type": getattr(
+                    training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type
+                ),
+                "gradient_checkpointing": bool(training_args.activation_checkpointing),
+                "max_new_tokens": instruct_args.max_new_tokens,
+                **(
+                    {
+                        "lora_r": lora_args.lora_r,
+                        "lora_alpha": lora_args.lora_alpha,
+                        "lora_dropout": lora_args.lora_dropout,
+                        "lora_target_modules": lora_target_modules(trainer.model, lora_args),
+                        "load_in_4bit": lora_args.load_in_4bit,
+                    }
+                    if artifact == "adapter"
+                    else {}
+                ),
+            },
+            log_history=trainer.state.log_history,
+        )
+
+        def write_artifacts(folder: Path) -> None:
+            # model.save_pretrained, not Trainer.save_model: the latter adds training_args.bin, a pickle.
+            trainer.model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            if instruct_args.merge and artifact == "adapter":
+                save_merged(folder, base_model, folder / "merged")
+            with (folder / "predictions.jsonl").open("w", encoding="utf-8") as handle:
+                for row, prediction, reference in zip(held_out, predictions, references, strict=True):
+                    line = {
+                        "prompt": record_messages(row)[0][-1]["content"],
+                        "reference": reference,
+                        "prediction": prediction,
+                    }
+                    handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+        def make_plots(folder: Path) -> list[Path | None]:
+            return [
+                plot_training_curves(trainer.state.log_history, folder / "training_curves.png", metric="loss")
+            ]
+
+        save_run(run.output_dir, record, write_artifacts=write_artifacts, make_plots=make_plots)
     log(
         f"{eval_split}: exact match {metrics['exact_match']:.3f}, gloss WER {metrics['gloss_wer']:.3f}, "
-        f"{generations.ms_per_sentence:.1f} ms/sentence; saved to {out}"
+        f"{generations.ms_per_sentence:.1f} ms/sentence; saved to {run.output_dir}"
     )
-    return results
+    return record.to_dict()
 
 
 def save_merged(adapter_dir: Path, base_model: str, out: Path) -> Path:

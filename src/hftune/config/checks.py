@@ -2,8 +2,8 @@
 
 Each check raises `HftuneError` with one line naming the value, where it came from and the fix. Ranges are
 looked up by argument name (`RANGES`), so a recipe's flags, its `--config` YAML keys and a verb's flags share
-one rule per name. Only the standard library is imported here: the CLI verbs call these checks before their
-heavy imports.
+one rule per name. The module imports only the standard library and `hftune.errors`: it reads files and
+configs as JSON, never through torch or transformers.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import codecs
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
@@ -199,10 +200,18 @@ def check_arguments(parsed: Iterable[Any]) -> None:
         check_memory_budget(values["memory_budget"])
 
 
+def parse_size(text: str, where: str = "--budget") -> int:
+    """'6GB', '6 GiB', '5500MB' -> bytes. GB and GiB both mean 2**30: GPU memory is sold in binary units."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?)?\s*", text.lower())
+    if not match:
+        raise HftuneError(f"{where} {text!r} is not a size; write e.g. 6GB or 5500MB.")
+    unit = (match.group(2) or "b")[0]
+    scale = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit]
+    return int(float(match.group(1)) * scale)
+
+
 def check_memory_budget(text: str, flag: str = "--memory_budget") -> None:
     """A size such as 6GB; 0 is refused (nothing fits in it)."""
-    from hftune.memory import parse_size  # imports torch, which a recipe has loaded when it parses its flags
-
     if parse_size(text, flag) <= 0:
         raise HftuneError(f"{flag} {text!r} is no memory at all; pass the device's memory, e.g. {flag} 6GB")
 
@@ -364,31 +373,34 @@ def describe_folder(folder: Path) -> FolderContent | None:
     return FolderContent(f"files that are not an hftune run ({shown})", "other")
 
 
-def _same_run(content: FolderContent, task: str, method: str) -> bool:
-    """Whether a run of `task` and `method` may continue in a folder holding `content`."""
+def _same_run(content: FolderContent, task: str, method: str, artifact: str) -> bool:
+    """Whether a run of `task` and `method`, saving `artifact`, may continue in a folder holding `content`."""
     if content.state == "started":
         return True
     if content.state in ("broken", "other") or content.task not in (task, None):
         return False
     if content.method is not None and content.method != method:
         return False
-    fmt = "adapter" if method in ("lora", "qlora") else "full"
+    fmt = (
+        "adapter" if artifact == "adapter" else "full"
+    )  # Trainer checkpoints: a peft adapter or the whole model
     if content.checkpoint_format is not None and content.checkpoint_format != fmt:
         return False
     # A saved model of unknown task is someone else's folder; an unknown checkpoint may be ours.
     return content.task is not None or content.state == "unfinished"
 
 
-def check_output_folder(output_dir: str | Path, *, task: str, method: str) -> None:
+def check_output_folder(output_dir: str | Path, *, task: str, method: str, artifact: str) -> None:
     """Refuse an output folder that holds anything but a run of this task and method (which then resumes).
 
+    `artifact` is what the run saves (results.json's `artifact`: adapter, full, bitfit, ...).
     A finished run records its task and method in results.json; an unfinished one is told apart by its newest
     checkpoint (an adapter or a full model, and the task its config names). Another run's checkpoints would be
     resumed as if they were this run's, and its files mixed with this run's.
     """
     folder = check_writable_folder(output_dir)
     content = describe_folder(folder)
-    if content is not None and not _same_run(content, task, method):
+    if content is not None and not _same_run(content, task, method, artifact):
         raise HftuneError(
             f"--output_dir {output_dir} holds {content.summary}, which this run ({task}, method {method}) would "
             "mix with; pass another --output_dir, or move that folder away first (hftune never deletes a run)"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import subprocess
 import sys
 import tarfile
@@ -19,9 +18,10 @@ from pathlib import Path
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from hftune.checks import label_name
 from hftune.config import DataArguments
+from hftune.config.checks import label_name
 from hftune.errors import HftuneError
+from hftune.runtime import cache_dir, fail_fast_when_hub_unreachable
 
 TEXT_COLUMN_CANDIDATES = ("text", "sentence", "content", "review", "tweet", "document", "utterance")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "label_name", "sentiment", "class", "category", "target")
@@ -33,15 +33,6 @@ FILE_BUILDERS = {
     ".jsonl": "json",
     ".parquet": "parquet",
 }
-
-
-def cache_dir() -> Path:
-    """Where hftune keeps what it fetched once: `$HFTUNE_CACHE`, else `~/.cache/hftune`."""
-    root = (
-        os.environ.get("HFTUNE_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hftune"
-    )
-    return Path(root)
 
 
 # --- embedded data sets ---------------------------------------------------------------------------
@@ -159,8 +150,6 @@ def load_raw_splits(args: DataArguments) -> DatasetDict:
         raise HftuneError("no data given: pass --dataset_name (Hub id or movie_polarity) or --train_file")
     if args.dataset_name in EMBEDDED_DATASETS:
         return DatasetDict({"train": read_data_file(EMBEDDED_DATASETS[args.dataset_name](), ",", "utf-8")})
-    from hftune.models import fail_fast_when_hub_unreachable
-
     fail_fast_when_hub_unreachable(args.dataset_name, kind="dataset")
     try:
         loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
@@ -182,7 +171,7 @@ def load_raw_splits(args: DataArguments) -> DatasetDict:
 # --- columns and labels ---------------------------------------------------------------------------
 
 
-def _pick_column(
+def pick_column(
     dataset: Dataset, given: str | None, candidates: tuple[str, ...], role: str, flag: str
 ) -> str:
     columns = dataset.column_names
@@ -265,8 +254,8 @@ def load_classification_data(args: DataArguments, seed: int = 42) -> Classificat
     source = args.train_file or args.dataset_name or ""
     raw = load_raw_splits(args)
     train = raw["train"]
-    text_col = _pick_column(train, args.text_column, TEXT_COLUMN_CANDIDATES, "text", "--text_column")
-    label_col = _pick_column(train, args.label_column, LABEL_COLUMN_CANDIDATES, "label", "--label_column")
+    text_col = pick_column(train, args.text_column, TEXT_COLUMN_CANDIDATES, "text", "--text_column")
+    label_col = pick_column(train, args.label_column, LABEL_COLUMN_CANDIDATES, "label", "--label_column")
     names = _label_names(train, label_col, args.label_order, source)
     if len(names) < 2:
         raise HftuneError(
@@ -277,8 +266,8 @@ def load_classification_data(args: DataArguments, seed: int = 42) -> Classificat
     for name, split in raw.items():
         split_source = args.validation_file if (name == "validation" and args.validation_file) else source
         if name == "validation":
-            _pick_column(split, text_col, (), "text", "--text_column")
-            _pick_column(split, label_col, (), "label", "--label_column")
+            pick_column(split, text_col, (), "text", "--text_column")
+            pick_column(split, label_col, (), "label", "--label_column")
         splits[name] = _standardise(split, name, split_source, text_col, label_col, names)
 
     if "validation" not in splits:

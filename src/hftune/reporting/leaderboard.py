@@ -6,7 +6,7 @@ model-index (the card is all that is downloaded), with `results.json` added when
 Classifiers, JSL seq2seq models and instruction-tuned models sit in one table: each fills the quality
 columns its task has (accuracy / f1_macro, or gloss_wer / bleu / chrf / exact_match).
 
-`--run` first trains every method in `METHOD_RECIPES` on the same data, model, epochs and seed, each in its
+`--run` first trains every method of `hftune.methods` that has a recipe on the same data, model, epochs and seed, each in its
 own `accelerate launch` process writing ROOT/<method>, then renders those runs.
 """
 
@@ -24,30 +24,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftune.checks import check_range, check_training_length, check_writable_folder
+from hftune.config import load_yaml_config
+from hftune.config.checks import check_range, check_training_length, check_writable_folder
 from hftune.errors import HftuneError
-from hftune.results import RESULTS_FILE, read_results
-
-# method -> (recipe file in resource_dir("recipes"), extra flags). `{lower_half}` becomes half the base
-# model's layer count. Adding a method to the leaderboard is one entry here.
-METHOD_RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "features": ("sentiment_features.py", ("--classifier", "logreg")),
-    # With the embeddings and lower half frozen, the recipe's full-fine-tuning rate (8e-5) left it at 0.913 on
-    # emotion (2 epochs); the upper half takes a higher one: 0.926 in the 3-epoch leaderboard (BENCHMARKS.md).
-    "freeze": (
-        "sentiment_freeze.py",
-        ("--freeze_embeddings", "--freeze_layers", "{lower_half}", "--learning_rate", "2e-4"),
-    ),
-    "full": ("sentiment_freeze.py", ()),
-    "lora": ("sentiment_lora.py", ()),
-    "bitfit": ("sentiment_bitfit.py", ()),
-}
+from hftune.methods import METHODS, Method
+from hftune.models import embedded_encoder_path
+from hftune.reporting.cards import read_model_index
+from hftune.results import RESULTS_FILE, RunRecord, read_results
+from hftune.runtime import check_repo_id, resource_dir
 
 QUALITY_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "gloss_wer", "bleu", "chrf", "exact_match")
 DEFAULT_PLOT_METRICS: tuple[str, ...] = ("accuracy", "exact_match")
 # hftune cards tag themselves with these (results.json conventions): how a card names its task and method.
 TASKS: tuple[str, ...] = ("text-classification", "jsl-seq2seq", "instruction-tuning")
-METHODS: tuple[str, ...] = ("lora", "qlora", "full", "freeze", "bitfit", "features", "scratch")
+# The JSL model trains from scratch: a method of its own, with no recipe in the method registry.
+JSL_METHODS: tuple[str, ...] = ("scratch",)
+
+
+def leaderboard_methods() -> dict[str, Method]:
+    """The registered methods `--run` trains by default: every one with a recipe that runs well on a CPU."""
+    return {name: m for name, m in METHODS.items() if m.recipe and m.on_leaderboard}
 
 
 @dataclass(frozen=True)
@@ -106,21 +102,26 @@ def _display_dataset(dataset: Any) -> str:
     return text
 
 
-def _efficiency(results: Mapping[str, Any]) -> dict[str, float | None]:
-    trainable, total = _number(results.get("trainable_params")), _number(results.get("total_params"))
-    ratio = _number(results.get("trainable_ratio"))
+def _efficiency(record: RunRecord | None) -> dict[str, float | None]:
+    if record is None:  # a Hub repo with a card only
+        return dict.fromkeys(
+            ("trainable_params", "trainable_pct", "train_time_s", "samples_per_s", "peak_memory_mb",
+             "disk_size_mb", "generation_latency_ms")
+        )  # fmt: skip
+    trainable, total = _number(record.trainable_params), _number(record.total_params)
+    ratio = _number(record.trainable_ratio)
     if ratio is None and trainable is not None and total:
         ratio = trainable / total
-    latency = _number(results.get("generation_latency_ms"))
+    latency = _number(record.generation_latency_ms)
     if latency is None:
-        latency = _number((results.get("metrics") or {}).get("generation_latency_ms"))
+        latency = _number(record.metrics.get("generation_latency_ms"))
     return {
         "trainable_params": trainable,
         "trainable_pct": None if ratio is None else 100 * ratio,
-        "train_time_s": _number(results.get("train_runtime_s")),
-        "samples_per_s": _number(results.get("train_samples_per_second")),
-        "peak_memory_mb": _number(results.get("peak_memory_mb")),
-        "disk_size_mb": _number(results.get("disk_size_mb")),
+        "train_time_s": _number(record.train_runtime_s),
+        "samples_per_s": _number(record.train_samples_per_second),
+        "peak_memory_mb": _number(record.peak_memory_mb),
+        "disk_size_mb": _number(record.disk_size_mb),
         "generation_latency_ms": latency,
     }
 
@@ -129,27 +130,25 @@ def _quality(metrics: Mapping[str, Any]) -> dict[str, float | None]:
     return {name: _number(metrics.get(name)) for name in QUALITY_METRICS}
 
 
-def rows_from_results(
-    results: Mapping[str, Any], run: str, source: str | None = None
-) -> list[dict[str, Any]]:
+def rows_from_results(record: RunRecord, run: str, source: str | None = None) -> list[dict[str, Any]]:
     """A run's row (its own eval split) and one per entry of results.json["evaluations"]."""
     common = {
         "run": run,
-        "task": results.get("task"),
-        "method": results.get("method"),
-        "base_model": results.get("base_model"),
-        **_efficiency(results),
+        "task": record.task,
+        "method": record.method,
+        "base_model": record.base_model,
+        **_efficiency(record),
         "source": source or run,
     }
     rows = [
         {
             **common,
-            "dataset": _display_dataset(results.get("dataset")),
-            "split": results.get("eval_split"),
-            **_quality(results.get("metrics") or {}),
+            "dataset": _display_dataset(record.dataset),
+            "split": record.eval_split,
+            **_quality(record.metrics or {}),
         }
     ]
-    for evaluation in results.get("evaluations") or []:
+    for evaluation in record.evaluations or []:
         row = {
             **common,
             "dataset": _display_dataset(evaluation.get("dataset")),
@@ -177,14 +176,12 @@ def _card_metadata(card: str | Path) -> dict[str, Any]:
 
 
 def rows_from_card(
-    card: str | Path, run: str, results: Mapping[str, Any] | None = None, source: str | None = None
+    card: str | Path, run: str, results: RunRecord | None = None, source: str | None = None
 ) -> list[dict[str, Any]]:
     """One row per (dataset, split) of a card's model-index; `card` is a path or the card's text.
 
     The card's tags name the hftune task and method; efficiency columns come from `results` when given.
     """
-    from hftune.cards import read_model_index
-
     index = read_model_index(card)
     if not index:
         raise HftuneError(
@@ -192,14 +189,14 @@ def rows_from_card(
         )
     metadata = _card_metadata(card)
     tags = metadata.get("tags") or []
-    results = results or {}
-    task = results.get("task") or next((t for t in tags if t in TASKS), metadata.get("pipeline_tag"))
-    method = results.get("method") or next((t for t in tags if t in METHODS), None)
+    known_methods = (*METHODS, *JSL_METHODS)
+    task = (results and results.task) or next((t for t in tags if t in TASKS), metadata.get("pipeline_tag"))
+    method = (results and results.method) or next((t for t in tags if t in known_methods), None)
     common = {
         "run": run,
         "task": task,
         "method": method,
-        "base_model": metadata.get("base_model") or results.get("base_model"),
+        "base_model": metadata.get("base_model") or (results and results.base_model),
         **_efficiency(results),
         "source": source or run,
     }
@@ -213,12 +210,10 @@ def rows_from_card(
     ]
 
 
-def _download_card(repo_id: str) -> tuple[Path, dict[str, Any] | None]:
+def _download_card(repo_id: str) -> tuple[Path, RunRecord | None]:
     """The repo's README.md (required) and results.json (when published with it), without the weights."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
-    from hftune.hub import check_repo_id
 
     check_repo_id(repo_id, "the leaderboard arguments")
     try:
@@ -233,8 +228,8 @@ def _download_card(repo_id: str) -> tuple[Path, dict[str, Any] | None]:
             f"{repo_id}: its model card could not be downloaded ({str(err).splitlines()[0]})"
         ) from None
     try:
-        results = json.loads(Path(hf_hub_download(repo_id, RESULTS_FILE)).read_text(encoding="utf-8"))
-    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, ValueError):
+        results = read_results(Path(hf_hub_download(repo_id, RESULTS_FILE)).parent)
+    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, ValueError, HftuneError):
         results = None  # not every repo was published by hftune: the card alone still gives the metrics
     return card, results
 
@@ -450,8 +445,6 @@ SHARED_RUN_FLAGS: tuple[str, ...] = (
 def _layer_count(model_name_or_path: str | None) -> int:
     from transformers import AutoConfig
 
-    from hftune.models import embedded_encoder_path
-
     name = model_name_or_path or embedded_encoder_path()
     try:
         config = AutoConfig.from_pretrained(name)
@@ -469,10 +462,8 @@ def _layer_count(model_name_or_path: str | None) -> int:
 
 def method_command(method: str, args: argparse.Namespace, recipe_args: Sequence[str]) -> list[str]:
     """The `accelerate launch` command line that trains `method` into ROOT/<method>."""
-    from hftune.resources import resource_dir
-
-    recipe_name, extra = METHOD_RECIPES[method]
-    recipe = resource_dir("recipes") / recipe_name
+    registered = leaderboard_methods()[method]
+    recipe, extra = resource_dir("recipes") / registered.recipe, registered.recipe_flags
     if not recipe.is_file():
         raise HftuneError(f"recipe {recipe} for method {method!r} is missing from this hftune install")
     config = resource_dir("accelerate_configs") / "cpu.yaml"
@@ -580,7 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     run = parser.add_argument_group("--run: train every method with the same data, model, budget and seed")
     run.add_argument("--run", action="store_true", help="train the methods, then render their leaderboard")
-    run.add_argument("--methods", nargs="+", choices=list(METHOD_RECIPES), default=list(METHOD_RECIPES))
+    run.add_argument(
+        "--methods", nargs="+", choices=list(leaderboard_methods()), default=list(leaderboard_methods())
+    )
     run.add_argument(
         "--output_dir", default="outputs/leaderboard", help="ROOT: each method writes ROOT/<method>"
     )
@@ -602,8 +595,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _apply_config(parser: argparse.ArgumentParser, path: str) -> list[str]:
     """Set the parser's defaults from a YAML file; returns its `recipe_args` list."""
-    from hftune.config import load_yaml_config
-
     values = load_yaml_config(path)
     recipe_args = values.pop("recipe_args", None) or []
     dests = {a.dest for a in parser._actions} - {"help", "config", "runs"}
@@ -631,7 +622,7 @@ def leaderboard_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     # Values from --config bypass argparse's choices.
     for flag, values, valid in (
-        ("methods", args.methods, METHOD_RECIPES),
+        ("methods", args.methods, leaderboard_methods()),
         ("metric", args.metric or [], QUALITY_METRICS),
     ):
         unknown = [v for v in values if v not in valid]

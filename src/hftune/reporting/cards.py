@@ -9,7 +9,6 @@ metadata locally against the schema huggingface_hub itself parses.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -22,8 +21,12 @@ from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from hftune.data.prompts import JSL_INSTRUCTION, render_alpaca_prompt, user_text
 from hftune.errors import HftuneError
-from hftune.resources import resource_dir
+from hftune.methods import METHODS
+from hftune.models import EMBEDDED_ENCODER_HUB_ID, embedded_encoder_path
+from hftune.results import RESULTS_FILE, RunRecord, read_results
+from hftune.runtime import resource_dir
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +41,8 @@ _TASKS: dict[str, tuple[str, str, str]] = {
 }
 _ARTIFACTS = ("adapter", "full", "bitfit", "features", "remote-code")
 
-_METHOD_SUMMARIES = {
-    "lora": "LoRA adapter (low-rank updates to the attention weights; the base model stays frozen)",
-    "qlora": "QLoRA adapter (LoRA trained over a 4/8-bit quantised, frozen base model)",
-    "full": "full fine-tune (every weight trained)",
-    "freeze": "fine-tune with the embeddings and/or lower layers frozen",
-    "bitfit": "BitFit fine-tune (only the bias terms and the task head trained)",
-    "features": "feature-extraction classifier (a head fitted on the frozen model's pooled hidden states)",
-    "scratch": "model trained from scratch",
-}
+# Methods without a registry entry: the JSL model trains from scratch.
+_UNREGISTERED_METHOD_SUMMARIES = {"scratch": "model trained from scratch"}
 
 # Trainer's throughput bookkeeping, not model quality: kept out of the model-index.
 _NOT_QUALITY_METRICS = frozenset({"runtime", "samples_per_second", "steps_per_second", "epoch"})
@@ -62,8 +58,6 @@ _METRIC_NAMES = {
     "perplexity": "Perplexity",
 }
 
-# The embedded default encoder is a local folder; on the Hub it is this repo.
-_EMBEDDED_BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 _IMAGE_CAPTIONS = {
     "training_curves.png": "Training curves",
@@ -107,10 +101,8 @@ def _as_repo_id(name: str | None) -> str | None:
 def _hub_base_model(base_model: str | None) -> str | None:
     if not base_model:
         return None
-    from hftune.models import embedded_encoder_path
-
     if Path(base_model).expanduser().resolve() == Path(embedded_encoder_path()).resolve():
-        return _EMBEDDED_BASE_MODEL_ID
+        return EMBEDDED_ENCODER_HUB_ID
     return _as_repo_id(base_model)
 
 
@@ -133,8 +125,8 @@ def _hub_task(task: str) -> tuple[str, str]:
     return task, task.replace("-", " ").capitalize()
 
 
-def _require(results: Mapping[str, Any], key: str, allowed: tuple[str, ...] | None = None) -> Any:
-    value = results.get(key)
+def _require(record: RunRecord, key: str, allowed: tuple[str, ...] | None = None) -> Any:
+    value = getattr(record, key)
     if value is None or value == "":
         raise HftuneError(f"results.json has no {key!r}; the recipe must record it before writing the card")
     if allowed is not None and value not in allowed:
@@ -189,8 +181,6 @@ print(tokenizer.batch_decode(outputs, skip_special_tokens=True))'''
     if task == "instruction-tuning":
         auto_class = "AutoPeftModelForCausalLM" if artifact == "adapter" else "AutoModelForCausalLM"
         # The prompt the model was trained on (rendered by the recipe's own code): Alpaca or chat template.
-        from hftune.instruct import JSL_INSTRUCTION, render_alpaca_prompt, user_text
-
         example = {"instruction": JSL_INSTRUCTION, "input": "ありがとう"}
         if hyperparameters.get("prompt_format", "alpaca") == "chat":
             prompt = f"""messages = [{{"role": "user", "content": {user_text(example)!r}}}]
@@ -243,7 +233,7 @@ model = load_bitfit(snapshot_download(repo))  # the base model with this repo's 
     if artifact == "features":
         pooling = hyperparameters.get("pooling", "mean")
         return f'''from huggingface_hub import snapshot_download
-from hftune.features import load_feature_classifier  # pip install hftune
+from hftune.methods.features import load_feature_classifier  # pip install hftune
 
 # The base encoder stays frozen; this repo holds the {pooling}-pooled logistic-regression head (safetensors).
 repo = "{repo_id}"
@@ -262,19 +252,19 @@ def _rows(mapping: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return [(str(key), _format_value(value)) for key, value in (mapping or {}).items() if value is not None]
 
 
-def _efficiency_rows(results: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _efficiency_rows(record: RunRecord) -> list[tuple[str, str]]:
     rows = []
-    trainable, total = results.get("trainable_params"), results.get("total_params")
+    trainable, total = record.trainable_params, record.total_params
     if _is_number(trainable) and _is_number(total):
-        ratio = results.get("trainable_ratio") or (trainable / total if total else 0.0)
+        ratio = record.trainable_ratio or (trainable / total if total else 0.0)
         rows.append(("Trainable / total parameters", f"{int(trainable):,} / {int(total):,} ({ratio:.2%})"))
-    runtime = results.get("train_runtime_s")
+    runtime = record.train_runtime_s
     if _is_number(runtime):
         rows.append(("Training time", f"{runtime:.1f} s ({runtime / 60:.1f} min)"))
-    throughput = results.get("train_samples_per_second")
+    throughput = record.train_samples_per_second
     if _is_number(throughput):
         rows.append(("Training throughput", f"{throughput:.2f} samples/s"))
-    memory = results.get("peak_memory_mb")
+    memory = record.peak_memory_mb
     if _is_number(memory):
         rows.append(("Peak memory", f"{memory:,.0f} MB"))
     return rows
@@ -290,23 +280,28 @@ def _images(run_dir: Path | None) -> list[tuple[str, str]]:
     return images
 
 
-def build_model_card(results: Mapping[str, Any], run_dir: Path | None = None) -> ModelCard:
-    """The model card for a run, from its `results.json` dict; `run_dir` supplies result PNGs to link."""
+def build_model_card(record: RunRecord | Mapping[str, Any], run_dir: Path | None = None) -> ModelCard:
+    """The model card for a run, from its record; `run_dir` supplies result PNGs to link.
+
+    The card is titled after the repo id once published, else the run's folder name (`record.run_name`).
+    """
+    results = record if isinstance(record, RunRecord) else RunRecord.from_dict(dict(record))
     task = _require(results, "task", tuple(_TASKS))
     artifact = _require(results, "artifact", _ARTIFACTS)
     method = _require(results, "method")
     dataset = _require(results, "dataset")
-    split = results.get("eval_split") or "validation"
+    split = results.eval_split or "validation"
     run_dir = Path(run_dir) if run_dir is not None else None
     template_name, pipeline_tag, task_name = _TASKS[task]
 
-    repo_id = results.get("repo_id") or PLACEHOLDER_REPO_ID
-    model_name = repo_id.split("/")[-1] if results.get("repo_id") else None
+    repo_id = results.repo_id or PLACEHOLDER_REPO_ID
+    model_name = repo_id.split("/")[-1] if results.repo_id else results.run_name
+    # Folders saved before run_name existed: their own folder name (never a staging folder's: save_run sets it)
     model_name = model_name or (run_dir.name if run_dir is not None else f"hftune-{task}-{method}")
     dataset_type, dataset_hub_id = _dataset_identity(str(dataset))
-    dataset_name = results.get("dataset_name") or dataset_type
+    dataset_name = results.dataset_name or dataset_type
 
-    language = list(results.get("language") or [])
+    language = list(results.language or [])
     tags = ["hftune", task, method]
     if task == "jsl-seq2seq":
         # ISO 639-3 "jsl" is Japanese Sign Language: the output side of this model.
@@ -318,20 +313,20 @@ def build_model_card(results: Mapping[str, Any], run_dir: Path | None = None) ->
         tags.append("peft")
 
     eval_results = _eval_results(
-        results.get("metrics") or {}, pipeline_tag, task_name, dataset_type, dataset_name, split
+        results.metrics or {}, pipeline_tag, task_name, dataset_type, dataset_name, split
     )
     if not eval_results:
         raise HftuneError(
-            f"results.json metrics {dict(results.get('metrics') or {})!r} hold no finite number; "
+            f"results.json metrics {dict(results.metrics or {})!r} hold no finite number; "
             "evaluate the model before writing its card"
         )
-    base_model = results.get("base_model")
+    base_model = results.base_model
     base_model_id = _hub_base_model(base_model)
     card_data = ModelCardData(
         base_model=base_model_id,
         datasets=[dataset_hub_id] if dataset_hub_id else None,
         language=language or None,
-        license=results.get("license") or "apache-2.0",
+        license=results.license or "apache-2.0",
         library_name="peft" if artifact == "adapter" else "transformers",
         pipeline_tag=pipeline_tag,
         tags=tags,
@@ -339,8 +334,8 @@ def build_model_card(results: Mapping[str, Any], run_dir: Path | None = None) ->
         model_name=model_name,
         eval_results=eval_results,
     )
-    hyperparameters = results.get("hyperparameters") or {}
-    labels = [str(label) for label in results.get("labels") or []]
+    hyperparameters = results.hyperparameters or {}
+    labels = [str(label) for label in results.labels or []]
     template_path = resource_dir("hub_cards") / template_name
     if not template_path.is_file():
         raise HftuneError(f"model-card template {template_path} is missing; reinstall hftune")
@@ -350,7 +345,11 @@ def build_model_card(results: Mapping[str, Any], run_dir: Path | None = None) ->
         model_title=model_name,
         method=method,
         artifact=artifact,
-        method_summary=_METHOD_SUMMARIES.get(method, f"{method} fine-tune"),
+        method_summary=(
+            METHODS[method].summary
+            if method in METHODS
+            else _UNREGISTERED_METHOD_SUMMARIES.get(method, method)
+        ),
         # Local paths are shown by folder name only: they mean nothing elsewhere and may reveal user names.
         base_model_display=base_model_id or (f"{Path(base_model).name} (local)" if base_model else "none"),
         dataset_display=dataset_hub_id or f"{dataset_type} (local)",
@@ -358,25 +357,24 @@ def build_model_card(results: Mapping[str, Any], run_dir: Path | None = None) ->
         metric_rows=[(r.metric_name, r.metric_type, _format_value(r.metric_value)) for r in eval_results],
         labels=labels,
         hyperparameter_rows=_rows(hyperparameters),
-        device=results.get("device") or "unknown",
-        precision=results.get("precision") or "unknown",
-        world_size=results.get("world_size") or 1,
-        seed=results.get("seed"),
+        device=results.device or "unknown",
+        precision=results.precision or "unknown",
+        world_size=results.world_size or 1,
+        seed=results.seed,
         efficiency_rows=_efficiency_rows(results),
-        version_rows=_rows(results.get("versions")),
+        version_rows=_rows(results.versions),
         images=_images(run_dir),
         loading_snippet=_loading_snippet(task, artifact, repo_id, hyperparameters, labels),
     )
 
 
-def write_model_card(run_dir: Path | str, results: Mapping[str, Any] | None = None) -> Path:
+def write_model_card(run_dir: Path | str, results: RunRecord | Mapping[str, Any] | None = None) -> Path:
     """Validate and write `run_dir/README.md`; `results` defaults to `run_dir/results.json`."""
     run_dir = Path(run_dir)
     if results is None:
-        results_path = run_dir / "results.json"
-        if not results_path.is_file():
-            raise HftuneError(f"{results_path} not found; pass the run folder a recipe wrote")
-        results = json.loads(results_path.read_text(encoding="utf-8"))
+        if not (run_dir / RESULTS_FILE).is_file():
+            raise HftuneError(f"{run_dir / RESULTS_FILE} not found; pass the run folder a recipe wrote")
+        results = read_results(run_dir)
     card = build_model_card(results, run_dir)
     card_path = run_dir / "README.md"
     validate_card(card, source=str(card_path))
@@ -405,7 +403,9 @@ def _load_metadata(path_or_card: str | Path | ModelCard) -> tuple[dict, str]:
         return yaml.safe_load(path_or_card.data.to_yaml()) or {}, "<in-memory card>"
     path = Path(path_or_card)
     if not path.is_file():
-        raise HftuneError(f"model card {path} not found; write it with hftune.cards.write_model_card")
+        raise HftuneError(
+            f"model card {path} not found; write it with hftune.reporting.cards.write_model_card"
+        )
     match = REGEX_YAML_BLOCK.search(path.read_text(encoding="utf-8-sig"))
     if match is None:
         raise HftuneError(f"model card {path} has no YAML front matter (--- block at the top); regenerate it")
@@ -432,7 +432,7 @@ def validate_card(path_or_card: str | Path | ModelCard, source: str | None = Non
     """
     metadata, where = _load_metadata(path_or_card)
     where = source or where
-    fix = "regenerate it with hftune.cards.write_model_card or fix the YAML"
+    fix = "regenerate it with hftune.reporting.cards.write_model_card or fix the YAML"
     missing = [key for key in REQUIRED_METADATA_KEYS if key not in metadata]
     if missing:
         raise HftuneError(f"model card {where}: metadata lacks {', '.join(missing)}; {fix}")

@@ -1,0 +1,77 @@
+"""IA3 fine-tuning of a text classifier: learned vectors rescale the attention keys and values and the
+feed-forward activations (peft's IA3), the task head trains fully, everything else stays frozen.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml recipes/sentiment_ia3.py
+
+The run folder holds a peft adapter (`adapter_model.safetensors` with the rescaling vectors and the head);
+`AutoPeftModelForSequenceClassification.from_pretrained(run_dir, id2label=...)` loads it.
+"""
+
+from hftune.config import (
+    CLASSIFIER_DEFAULTS,
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    check_output_folder,
+    parse_recipe_args,
+    set_seed,
+)
+from hftune.data import load_classification_data
+from hftune.errors import exit_on_user_error
+from hftune.methods.ia3 import IA3Arguments, apply_ia3
+from hftune.models import embedded_encoder_path, load_classifier, resolve_model_name
+from hftune.tasks.classification import run_classification
+from hftune.training.setup import prepare_training_args
+from hftune.training.trainer import finish
+
+RECIPE_DEFAULTS = {
+    **CLASSIFIER_DEFAULTS,
+    # IA3 trains a few thousand scaling factors (initialised at 1) and the head: a rate well above LoRA's.
+    "learning_rate": 1e-2,
+    "output_dir": "outputs/sentiment_ia3",
+}
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    model_args, data_args, ia3_args, training_args = parse_recipe_args(
+        (ModelArguments, DataArguments, IA3Arguments, TrainingArguments), RECIPE_DEFAULTS, argv
+    )
+    check_output_folder(
+        training_args.output_dir, task="text-classification", method="ia3", artifact="adapter"
+    )
+    base_model = resolve_model_name(
+        model_args.model_name_or_path, default=embedded_encoder_path(), kind="sequence-classification",
+        max_seq_length=data_args.max_seq_length,
+    )  # fmt: skip
+    set_seed(training_args.seed)  # before the model is built: the new head draws from it
+    data = load_classification_data(data_args, seed=training_args.seed)
+
+    model, tokenizer = load_classifier(
+        base_model,
+        data.id2label,
+        tokenizer_name=model_args.tokenizer_name,
+        trust_remote_code=model_args.trust_remote_code,
+        attention_dropout=model_args.attention_dropout,
+    )
+    model = apply_ia3(model, ia3_args)
+
+    training_args, decision = prepare_training_args(
+        training_args, model_args, model, max_seq_length=data_args.max_seq_length
+    )
+    run_classification(
+        model,
+        tokenizer,
+        data,
+        training_args,
+        model_args=model_args,
+        data_args=data_args,
+        method="ia3",
+        decision=decision,
+        base_model=base_model,
+    )
+    finish()
+
+
+if __name__ == "__main__":
+    main()

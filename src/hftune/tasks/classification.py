@@ -1,0 +1,142 @@
+"""Text classification with Trainer: every classifier recipe (LoRA/QLoRA, full and frozen, BitFit, a head over
+frozen features) trains, scores and saves through `run_classification`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding, TrainingArguments
+
+from hftune.config import DataArguments, ModelArguments
+from hftune.data import ClassificationData, tokenize_splits
+from hftune.methods import get_method
+from hftune.metrics import classification_metrics
+from hftune.models import attention_dropout_of, count_parameters, hub_id_for
+from hftune.reporting.plots import plot_confusion_matrix, plot_training_curves
+from hftune.results import RunRecord
+from hftune.runtime import log, world_size
+from hftune.training.callbacks import MemoryCallback
+from hftune.training.lifecycle import claim_run, save_run, training_facts
+from hftune.training.trainer import AtomicCheckpointTrainer
+
+TRAIN_SUBSET_FOR_CURVES = 1000  # train-accuracy curve at every epoch without re-scoring all training data
+
+
+def run_classification(
+    model: torch.nn.Module,
+    tokenizer,
+    data: ClassificationData,
+    training_args: TrainingArguments,
+    *,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    method: str,
+    decision,
+    base_model: str,
+    artifact: str | None = None,
+    save_artifact: Callable[[torch.nn.Module, str], None] | None = None,
+    extra_results: dict | None = None,
+) -> dict:
+    """Train with Trainer, evaluate every epoch, keep the best model, resume, save, report.
+
+    `artifact` defaults to the method's own (see `hftune.methods`); `save_artifact(model, folder)` saves it,
+    by default `model.save_pretrained` (a peft adapter or a full model, both as safetensors).
+    """
+    artifact = artifact or get_method(method).artifact
+    trainable, total = count_parameters(model)
+    log(f"{method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+
+    with claim_run(training_args.output_dir) as run:
+        tokenized = tokenize_splits(data.splits, tokenizer, data_args.max_seq_length)
+        train_subset = tokenized["train"].select(range(min(TRAIN_SUBSET_FOR_CURVES, len(tokenized["train"]))))
+        memory = MemoryCallback()
+        pad_to = 8 if decision.device == "cuda" else None  # tensor-core friendly shapes on GPUs only
+        trainer = AtomicCheckpointTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=tokenized["train"],
+            eval_dataset={"validation": tokenized["validation"], "train": train_subset},
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to),
+            compute_metrics=classification_metrics(data.label_names),
+            callbacks=[memory],
+        )
+        run.training_started()
+        started = time.perf_counter()
+        train_output = trainer.train(resume_from_checkpoint=run.resume_from)
+        train_seconds = time.perf_counter() - started
+
+        prediction = trainer.predict(tokenized["validation"], metric_key_prefix="eval")
+        timing = ("runtime", "samples_per_second", "steps_per_second")
+        metrics = {
+            k.removeprefix("eval_"): v for k, v in prediction.metrics.items() if not k.endswith(timing)
+        }
+        if not trainer.is_world_process_zero():
+            return metrics
+
+        record = RunRecord(
+            task="text-classification",
+            method=method,
+            artifact=artifact,
+            base_model=hub_id_for(base_model),
+            base_model_path=base_model,
+            dataset=data.source,
+            language=["en"],
+            labels=data.label_names,
+            eval_split="validation",
+            split_sizes={name: len(split) for name, split in data.splits.items()},
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+            **training_facts(
+                trainable=trainable,
+                total=total,
+                train_seconds=train_seconds,
+                samples_per_second=train_output.metrics.get("train_samples_per_second"),
+                peak_memory_mb=memory.peak_mb,
+                seed=training_args.seed,
+                decision=decision,
+                resume_from=run.resume_from,
+            ),
+            hyperparameters={
+                "learning_rate": training_args.learning_rate,
+                "num_train_epochs": training_args.num_train_epochs,
+                "per_device_train_batch_size": training_args.per_device_train_batch_size,
+                "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+                "effective_batch_size": training_args.per_device_train_batch_size
+                * training_args.gradient_accumulation_steps
+                * world_size(),
+                "weight_decay": training_args.weight_decay,
+                "warmup_steps": training_args.warmup_steps,
+                "lr_scheduler_type": getattr(
+                    training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type
+                ),
+                "max_seq_length": data_args.max_seq_length,
+                "train_sampling_strategy": training_args.train_sampling_strategy,
+                "gradient_checkpointing": training_args.gradient_checkpointing,
+                # What the model trained with: the --attention_dropout override or the checkpoint's value
+                "attention_dropout": attention_dropout_of(getattr(model, "config", None)),
+            },
+            log_history=trainer.state.log_history,
+            extra=dict(extra_results or {}),
+        )
+        predictions = np.argmax(prediction.predictions, axis=-1)
+
+        def write_artifacts(folder: Path) -> None:
+            # model.save_pretrained, not Trainer.save_model: the latter adds training_args.bin, a pickle.
+            (save_artifact or (lambda m, d: m.save_pretrained(d)))(trainer.model, str(folder))
+            tokenizer.save_pretrained(folder)
+
+        def make_plots(folder: Path) -> list[Path | None]:
+            return [
+                plot_training_curves(trainer.state.log_history, folder / "training_curves.png"),
+                plot_confusion_matrix(
+                    prediction.label_ids, predictions, data.label_names, folder / "confusion_matrix.png"
+                ),
+            ]
+
+        save_run(run.output_dir, record, write_artifacts=write_artifacts, make_plots=make_plots)
+    log(f"validation accuracy {metrics.get('accuracy', float('nan')):.4f}; saved to {run.output_dir}")
+    return metrics
