@@ -241,7 +241,7 @@ export class JslTranslatorBase {
   /** Gloss strings for `texts`, in order: tokens joined by single spaces, "" for empty or blank input.
    * Input longer than the model's `max_source_length` (end-of-sequence included) is truncated, with one
    * warning per call. */
-  translate(texts: readonly string[], options: TranslateOptions = {}): Promise<string[]> {
+  async translate(texts: readonly string[], options: TranslateOptions = {}): Promise<string[]> {
     if (!Array.isArray(texts)) {
       throw new TypeError(`translate() takes an array of strings, got ${typeof texts}; wrap one sentence as [text]`);
     }
@@ -253,7 +253,7 @@ export class JslTranslatorBase {
     }
     const run = this.queue.then(() => this.translateNow(texts, batchSize));
     this.queue = run.catch(() => undefined);
-    return run;
+    return await run;
   }
 
   /** Release the onnxruntime sessions. */

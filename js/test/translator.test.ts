@@ -137,9 +137,9 @@ describe("JSL client in Node", { skip }, () => {
   });
 
   test("bad arguments are refused with the value named", async () => {
-    assert.throws(() => translator.translate("ありがとう" as unknown as string[]), /array of strings/);
-    assert.throws(() => translator.translate(["a", 3 as unknown as string]), /item 1 is number/);
-    assert.throws(() => translator.translate(["a"], { batchSize: 0 }), /batchSize 0/);
+    await assert.rejects(translator.translate("ありがとう" as unknown as string[]), /array of strings/);
+    await assert.rejects(translator.translate(["a", 3 as unknown as string]), /item 1 is number/);
+    await assert.rejects(translator.translate(["a"], { batchSize: 0 }), /batchSize 0/);
     await assert.rejects(JslTranslator.load(""), /base URL/);
   });
 
@@ -211,7 +211,6 @@ describe("JSL client in Node", { skip }, () => {
     test("nothing at the base URL", async () => {
       const error = await loadError(`${broken.url}no-such-model/`);
       assert.match(error.message, /no-such-model\/onnx\/web_config\.json: HTTP 404/);
-      broken.server.closeAllConnections();
       const closed = await serve(root);
       closed.server.close();
       await new Promise((resolve) => closed.server.once("close", resolve));

@@ -494,11 +494,13 @@ def export_onnx(
 
     # In place only onnx/ and the card change; otherwise the whole output folder is new. Either way everything
     # is staged first and renamed into place after the validation passed.
+    # Names `hftune publish` skips (".tmp*" folders, "*.tmp" files) should a killed export leave them behind.
     tag = uuid.uuid4().hex[:8]
     parent = source if in_place else output.parent
     name = ONNX_DIR if in_place else output.name
-    staging, backup, target = parent / f".{name}.tmp-{tag}", parent / f".{name}.old-{tag}", parent / name
-    staged_card = source / f".README.md.tmp-{tag}" if in_place else staging / "README.md"
+    staging, backup = parent / f".tmp-{name}-{tag}", parent / f".tmp-{name}-old-{tag}"
+    target = parent / name
+    staged_card = source / f".README.md.{tag}.tmp" if in_place else staging / "README.md"
     parent.mkdir(parents=True, exist_ok=True)
     try:
         if not in_place:
