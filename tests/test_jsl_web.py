@@ -30,7 +30,6 @@ from huggingface_hub import ModelCard
 from test_cards import sample_results
 from test_jsl_translate import train_tiny_jsl_folder
 
-from hftune.cards import append_eval_result, write_model_card
 from hftune.cli import main as hftune_main
 from hftune.errors import HftuneError
 from hftune.hub import publish_run
@@ -47,6 +46,7 @@ from hftune.jsl.onnx_export import (
 )
 from hftune.jsl.tokenization_jsl import source_tokens
 from hftune.jsl.translate import translate
+from hftune.reporting.cards import append_eval_result, write_model_card
 
 pytest_plugins = ["hub_server"]
 

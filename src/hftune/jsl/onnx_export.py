@@ -45,7 +45,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 import hftune
 from hftune.errors import HftuneError
 from hftune.jsl.artifacts import load_jsl_model, resolve_model_folder
-from hftune.persistence import warn
+from hftune.runtime import warn
 
 ONNX_DIR = "onnx"
 ENCODER_FILE = "encoder_model.onnx"
@@ -439,7 +439,7 @@ def card_with_onnx(folder: Path, onnx_dir: Path) -> str | None:
         return None
     from huggingface_hub import ModelCard
 
-    from hftune.cards import build_model_card, validate_card
+    from hftune.reporting.cards import build_model_card, validate_card
 
     card = build_model_card(json.loads(results_path.read_text(encoding="utf-8")), folder, onnx_dir=onnx_dir)
     with contextlib.suppress(ValueError):  # an unreadable old card: the fresh metadata it is
