@@ -228,10 +228,22 @@ def test_cli_reports_the_check(exported):
     )
 
 
-def test_export_to_another_folder_replaces_an_older_export_with_a_complete_copy(folder, tmp_path):
+def copy_graphs_instead(folder: Path, monkeypatch) -> None:
+    """The module fixture's graphs stand in for a second real export (the check against PyTorch still runs)."""
+
+    def copy_graphs(model, tokenizer, onnx_dir):
+        shutil.copytree(folder / ONNX_DIR, onnx_dir, ignore=shutil.ignore_patterns(WEB_CONFIG_FILE))
+
+    monkeypatch.setattr(onnx_export, "export_graphs", copy_graphs)
+
+
+def test_export_to_another_folder_replaces_an_older_export_with_a_complete_copy(
+    folder, tmp_path, monkeypatch
+):
     out = tmp_path / "jsl-web"
     shutil.copytree(folder, out)  # an older export of the model is there already
     (out / "onnx" / "stale.onnx").write_bytes(b"old")
+    copy_graphs_instead(folder, monkeypatch)
     assert export_onnx(folder, out) == out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jsl-web"]  # nothing staged left next to it
     assert sorted(p.name for p in (out / ONNX_DIR).iterdir()) == sorted(
@@ -280,9 +292,11 @@ def test_a_mismatch_fails_naming_the_first_differing_sentence_and_writes_nothing
     before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     texts = list(load_jsl_corpus("test")["ja"])
     first_gloss = translate(texts[:1], *load_jsl_model(folder))[0].split()[0]
+    copy_graphs_instead(folder, monkeypatch)
+    copy_graphs = onnx_export.export_graphs
 
     def graphs_then_nudge(model, tokenizer, onnx_dir):
-        shutil.copytree(folder / ONNX_DIR, onnx_dir, ignore=shutil.ignore_patterns(WEB_CONFIG_FILE))
+        copy_graphs(model, tokenizer, onnx_dir)
         with torch.no_grad():
             model.encoder.embed_tokens.weight[tokenizer.convert_tokens_to_ids(first_gloss)] *= -3.0
 
