@@ -9,8 +9,8 @@ Without `--model` (or `JSL_MODEL`) the recipe's default model (d_model 128, 2+2 
 once into `OUTPUT_DIR/jsl_web_model` (about 4 minutes on 2 idle cores) and reused by later runs. The model is
 exported with `hftune export onnx` into `OUTPUT_DIR/jsl_web_export`, which the page loads from a real HTTP
 server on 127.0.0.1 and Node reads from disk. All three runtimes translate the corpus's test split: batched
-throughput = sentences / wall time of one `translate(all sentences)` call (batches of 256, shortest first),
-median of `--repeats`; one-sentence latency = one `translate([sentence])` call, p50/p95 over
+throughput = sentences / wall time of one `translate(all sentences)` call with each one's default batch size
+(`hftune translate`: 256, the TypeScript client: 32; shortest sentences first), median of `--repeats`; one-sentence latency = one `translate([sentence])` call, p50/p95 over
 `--single_sentences` sentences x repeats. Each measures after warm-up in its own process. The downloads are
 the bytes the server sent while the demo page loaded (model files, onnxruntime-web's wasm and JavaScript,
 the client). The glosses of the three runtimes are compared too.
@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     load = [round(x, 2) for x in os.getloadavg()]
     markdown = (
-        f"Model: `{model_dir}` exported to `{export_dir}`; {len(texts)} test sentences, greedy, batches of 256; "
+        f"Model: `{model_dir}` exported to `{export_dir}`; {len(texts)} test sentences, greedy, default batch "
+        "sizes (PyTorch 256, the client 32); "
         f"latency rows over {len(singles)} sentences x {args.repeats} repeats. Load average at the end: {load} "
         f"(other jobs on the machine inflate every figure).\n\n{table}\n\n"
         f"- Browser one-sentence p50 {rows['browser']['p50_ms']:.1f} ms (target < 20 ms: {mark('browser_p50_ms')}); "

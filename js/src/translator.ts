@@ -2,10 +2,9 @@
  * Japanese -> JSL gloss with the ONNX export of hftune's JSL model (`hftune export onnx`), on any
  * onnxruntime JavaScript package: `web.ts` binds it to onnxruntime-web, `node.ts` to onnxruntime-node.
  *
- * The decoding is PyTorch `generate()`'s greedy search step for step: encoder once, the first decoder step
- * from the start token, then the cached decoder with the last token; suppressed tokens masked; finished rows
- * fed `<pad>`; stop when every row has emitted `</s>` or after `max_new_tokens`. Inputs are batched by length
- * like `hftune.jsl.translate.translate`, so the same batch gives the same glosses.
+ * The decoding is PyTorch `generate()`'s greedy search: encoder once, the first decoder step from the start
+ * token, then the cached decoder with the last token; suppressed tokens masked; a row stops at `</s>` or after
+ * `max_new_tokens`. Inputs are batched by length like `hftune.jsl.translate.translate`.
  */
 import type * as OrtCommon from "onnxruntime-common";
 
@@ -20,8 +19,10 @@ export const WEB_CONFIG_PATH = "onnx/web_config.json";
 const GRAPH_KINDS = ["encoder", "decoder", "decoder_with_past"] as const;
 type GraphKind = (typeof GRAPH_KINDS)[number];
 
-/** Sentences per batch by default, as `hftune translate`'s. */
-export const DEFAULT_BATCH_SIZE = 256;
+/** Sentences per batch by default. Smaller than `hftune translate`'s 256: onnxruntime has little cost per call
+ * to amortise, and a small batch of similar lengths pads less in the encoder, the larger part of the work in
+ * wasm (BENCHMARKS.md, section 8). The glosses do not depend on it. */
+export const DEFAULT_BATCH_SIZE = 32;
 
 export interface GraphFile {
   path: string;
@@ -74,7 +75,7 @@ export interface LoadOptions {
 }
 
 export interface TranslateOptions {
-  /** Sentences decoded together (default 256). */
+  /** Sentences decoded together (default 32). */
   batchSize?: number;
 }
 
@@ -286,7 +287,10 @@ export class JslTranslatorBase {
     return outputs;
   }
 
-  /** Greedy decoding of one batch of encoded inputs; returns each row's generated ids. */
+  /** Greedy decoding of one batch of encoded inputs; returns each row's generated ids.
+   *
+   * Rows that emitted `</s>` leave the batch (their cache rows are dropped) instead of being fed `<pad>` as
+   * `generate()` does: the remaining rows' arithmetic is the same, and the batch gets cheaper as it drains. */
   private async generate(encoded: number[][]): Promise<number[][]> {
     const { Tensor } = this.ort;
     const c = this.config;
@@ -300,7 +304,7 @@ export class JslTranslatorBase {
         mask[row * width + column] = 1n;
       });
     });
-    const attentionMask = new Tensor("int64", mask, [batch, width]);
+    let attentionMask: Tensor = new Tensor("int64", mask, [batch, width]);
     const encoder = await this.sessions.encoder.run({
       input_ids: new Tensor("int64", inputIds, [batch, width]),
       attention_mask: attentionMask,
@@ -310,24 +314,21 @@ export class JslTranslatorBase {
       input_ids: new Tensor("int64", new BigInt64Array(batch).fill(BigInt(c.decoder_start_token_id)), [batch, 1]),
       encoder_hidden_states: encoder.last_hidden_state,
     });
-    const cross: Record<string, Tensor> = {};
+    let cross: Record<string, Tensor> = {};
     for (let layer = 0; layer < c.decoder_layers; layer++) {
       for (const kind of ["key", "value"]) {
         cross[`past_key_values.${layer}.encoder.${kind}`] = outputs[`present.${layer}.encoder.${kind}`];
       }
     }
+    let past: Record<string, Tensor> = {};
     const rows: number[][] = encoded.map(() => []);
-    const finished = new Uint8Array(batch);
-    let remaining = batch;
+    let active = encoded.map((_, row) => row); // the input row of each row of the current batch
     const vocabSize = c.vocab.length;
     for (let step = 1; ; step++) {
-      const logits = outputs.logits.data as Float32Array; // (batch, 1, vocab)
-      const next = new BigInt64Array(batch);
-      for (let row = 0; row < batch; row++) {
-        if (finished[row]) {
-          next[row] = BigInt(c.pad_token_id);
-          continue;
-        }
+      const logits = outputs.logits.data as Float32Array; // (active rows, 1, vocab)
+      const keep: number[] = [];
+      const next: bigint[] = [];
+      active.forEach((inputRow, row) => {
         const offset = row * vocabSize;
         let best = this.allowedIds[0];
         let bestScore = logits[offset + best];
@@ -339,26 +340,52 @@ export class JslTranslatorBase {
             best = id;
           }
         }
-        rows[row].push(best);
-        next[row] = BigInt(best);
-        if (best === c.eos_token_id) {
-          finished[row] = 1;
-          remaining--;
+        rows[inputRow].push(best);
+        if (best !== c.eos_token_id) {
+          keep.push(row);
+          next.push(BigInt(best));
         }
-      }
-      if (remaining === 0 || step >= c.max_new_tokens) break;
-      const feeds: Record<string, Tensor> = {
-        encoder_attention_mask: attentionMask,
-        input_ids: new Tensor("int64", next, [batch, 1]),
-        ...cross,
-      };
+      });
+      if (keep.length === 0 || step >= c.max_new_tokens) break;
       for (let layer = 0; layer < c.decoder_layers; layer++) {
         for (const kind of ["key", "value"]) {
-          feeds[`past_key_values.${layer}.decoder.${kind}`] = outputs[`present.${layer}.decoder.${kind}`];
+          past[`past_key_values.${layer}.decoder.${kind}`] = outputs[`present.${layer}.decoder.${kind}`];
         }
       }
-      outputs = await this.sessions.decoder_with_past.run(feeds);
+      if (keep.length < active.length) {
+        attentionMask = this.takeRows(attentionMask, keep);
+        cross = this.takeAllRows(cross, keep);
+        past = this.takeAllRows(past, keep);
+        active = keep.map((row) => active[row]);
+      }
+      outputs = await this.sessions.decoder_with_past.run({
+        encoder_attention_mask: attentionMask,
+        input_ids: new Tensor("int64", BigInt64Array.from(next), [keep.length, 1]),
+        ...cross,
+        ...past,
+      });
     }
     return rows;
+  }
+
+  /** The rows `keep` (indices along the first axis) of a float32 or int64 CPU tensor, as a new tensor. */
+  private takeRows(tensor: Tensor, keep: readonly number[]): Tensor {
+    const [rows, ...rest] = tensor.dims;
+    const dims = [keep.length, ...rest];
+    const data = tensor.data;
+    const size = (data as ArrayLike<unknown>).length / rows;
+    if (data instanceof BigInt64Array) {
+      const taken = new BigInt64Array(keep.length * size);
+      keep.forEach((row, i) => taken.set(data.subarray(row * size, (row + 1) * size), i * size));
+      return new this.ort.Tensor("int64", taken, dims);
+    }
+    const source = data as Float32Array;
+    const taken = new Float32Array(keep.length * size);
+    keep.forEach((row, i) => taken.set(source.subarray(row * size, (row + 1) * size), i * size));
+    return new this.ort.Tensor("float32", taken, dims);
+  }
+
+  private takeAllRows(tensors: Record<string, Tensor>, keep: readonly number[]): Record<string, Tensor> {
+    return Object.fromEntries(Object.entries(tensors).map(([name, tensor]) => [name, this.takeRows(tensor, keep)]));
   }
 }
