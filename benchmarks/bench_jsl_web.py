@@ -192,6 +192,14 @@ def torch_run(model_dir: Path, texts: list[str], singles: list[str], args) -> di
     return {"batched_ms": batched, "latencies_ms": latencies, "glosses": translate(texts, model, tokenizer)}
 
 
+def shown(path: Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(common.REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def summarise(name: str, raw: dict, sentences: int) -> dict:
     return {
         "runtime": name,
@@ -279,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     load = [round(x, 2) for x in os.getloadavg()]
     markdown = (
-        f"Model: `{model_dir}` exported to `{export_dir}`; {len(texts)} test sentences, greedy, default batch "
+        f"Model: `{shown(model_dir)}` exported to `{shown(export_dir)}`; {len(texts)} test sentences, greedy, default batch "
         "sizes (PyTorch 256, the client 32); "
         f"latency rows over {len(singles)} sentences x {args.repeats} repeats. Load average at the end: {load} "
         f"(other jobs on the machine inflate every figure).\n\n{table}\n\n"
