@@ -144,6 +144,10 @@ function parseConfig(bytes: Uint8Array, url: string): WebConfig {
     if (!Number.isInteger(c[key])) fail(`has no integer ${key}`);
   }
   if (!Array.isArray(c.suppress_tokens) || !c.suppress_tokens.every(Number.isInteger)) fail("has no suppress_tokens list");
+  const size = (c.vocab as string[]).length;
+  const ids = ["pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "decoder_start_token_id"];
+  if (!ids.every((key) => (c[key] as number) >= 0 && (c[key] as number) < size)) fail(`has a special id outside its ${size}-token vocab`);
+  if ((c.suppress_tokens as number[]).includes(c.eos_token_id as number)) fail("suppresses </s>, so decoding could never stop");
   const files = c.files as Record<string, Partial<GraphFile>> | undefined;
   for (const kind of GRAPH_KINDS) {
     const file = files?.[kind];

@@ -437,12 +437,14 @@ def card_with_onnx(folder: Path, onnx_dir: Path) -> str | None:
     card_path, results_path = folder / "README.md", folder / "results.json"
     if not (card_path.is_file() and results_path.is_file()):
         return None
+    import yaml
     from huggingface_hub import ModelCard
 
     from hftune.reporting.cards import build_model_card, validate_card
 
     card = build_model_card(json.loads(results_path.read_text(encoding="utf-8")), folder, onnx_dir=onnx_dir)
-    with contextlib.suppress(ValueError):  # an unreadable old card: the fresh metadata it is
+    # An old card whose metadata does not parse keeps the freshly rendered metadata.
+    with contextlib.suppress(ValueError, yaml.YAMLError):
         card.data = ModelCard.load(card_path).data
     validate_card(card, source=str(card_path))
     return str(card)
@@ -512,8 +514,7 @@ def export_onnx(
         (onnx_dir / WEB_CONFIG_FILE).write_text(
             json.dumps(config, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
         )
-        # Rendered from the source folder in both cases: a copy keeps its card's title (the folder name).
-        card = card_with_onnx(source, onnx_dir)
+        card = card_with_onnx(source, onnx_dir)  # the source's card and images, with the staged graphs
         if card is not None:
             staged_card.write_text(card, encoding="utf-8")
         if target.exists():
