@@ -18,6 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("hftune.evaluation:evaluate_command", "score a saved run or repo on a dataset"),
     "leaderboard": ("hftune.reporting.leaderboard:leaderboard_command", "compare runs side by side"),
     "translate": ("hftune.jsl.translate:translate_command", "Japanese -> JSL gloss with a saved model"),
+    "export": ("hftune.jsl.onnx_export:export_command", "JSL model -> ONNX for Node and the browser"),
     "generate": ("hftune.tasks.instruction:generate_command", "generate with an instruction-tuned model"),
 }
 
