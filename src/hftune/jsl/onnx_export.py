@@ -45,6 +45,8 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 import hftune
 from hftune.errors import HftuneError
 from hftune.jsl.artifacts import load_jsl_model, resolve_model_folder
+from hftune.jsl.corpus import load_jsl_corpus
+from hftune.reporting.cards import build_model_card, validate_card
 from hftune.runtime import warn
 
 ONNX_DIR = "onnx"
@@ -440,8 +442,6 @@ def card_with_onnx(folder: Path, onnx_dir: Path) -> str | None:
     import yaml
     from huggingface_hub import ModelCard
 
-    from hftune.reporting.cards import build_model_card, validate_card
-
     card = build_model_card(json.loads(results_path.read_text(encoding="utf-8")), folder, onnx_dir=onnx_dir)
     # An old card whose metadata does not parse keeps the freshly rendered metadata.
     with contextlib.suppress(ValueError, yaml.YAMLError):
@@ -490,8 +490,6 @@ def export_onnx(
         _check_output(output, source)
     model, tokenizer = load_jsl_model(source, device="cpu")
     if validation_texts is None:
-        from hftune.jsl.corpus import load_jsl_corpus
-
         validation_texts = list(load_jsl_corpus("test")["ja"])
 
     # In place only onnx/ and the card change; otherwise the whole output folder is new. Either way everything
