@@ -24,6 +24,7 @@ import numpy as np
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights
 from hftune.results import RESULTS_FILE, read_results, write_results
+from hftune.runtime import peft_checkpointing_probe_quiet
 
 EVALUATIONS_KEY = "evaluations"
 JSL_CORPUS_NAME = "jsl_corpus"
@@ -137,7 +138,8 @@ def load_saved_classifier(folder: Path, record: dict[str, Any]) -> tuple[Any, An
                 )
             # What AutoPeftModelForSequenceClassification does, with the base resolvable offline.
             model = AutoModelForSequenceClassification.from_pretrained(base, **_label_maps(labels))
-            model = PeftModel.from_pretrained(model, str(folder))
+            with peft_checkpointing_probe_quiet():
+                model = PeftModel.from_pretrained(model, str(folder))
         elif artifact == "full":
             model = AutoModelForSequenceClassification.from_pretrained(str(folder))
         elif artifact == "bitfit":

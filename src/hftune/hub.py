@@ -19,6 +19,7 @@ from typing import Any
 
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights, write_weights_manifest
+from hftune.runtime import peft_checkpointing_probe_quiet
 
 # The Hub id of the encoder `hftune.models.embedded_encoder_path()` ships: adapters trained on the local copy
 # name it instead of a path that only exists on the training machine.
@@ -433,7 +434,8 @@ def _build_merged_folder(run_dir: Path, files: list[str], adapter_config: dict[s
             label2id={label: i for i, label in enumerate(labels)},
         )
     try:
-        model = getattr(peft, peft_class).from_pretrained(run_dir, **kwargs)
+        with peft_checkpointing_probe_quiet():
+            model = getattr(peft, peft_class).from_pretrained(run_dir, **kwargs)
     except (OSError, ValueError) as err:
         base = adapter_config.get("base_model_name_or_path")
         raise HftuneError(

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from hftune.errors import HftuneError
+from hftune.runtime import peft_checkpointing_probe_quiet
 from hftune.training import AtomicCheckpointTrainer
 
 JSL_DATASET = "jsl"
@@ -493,7 +494,8 @@ def load_instruction_model(run_dir: str | Path, *, device: str = "cpu"):
 
             base = embedded_causal_lm_path()  # the cache moved (another machine or HFTUNE_CACHE)
         model, _ = load_causal_lm(base)
-        model = PeftModel.from_pretrained(model, str(run_dir))
+        with peft_checkpointing_probe_quiet():
+            model = PeftModel.from_pretrained(model, str(run_dir))
     elif (run_dir / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(str(run_dir), dtype=torch.float32)
     else:
@@ -796,7 +798,8 @@ def save_merged(adapter_dir: Path, base_model: str, out: Path) -> Path:
     from peft import PeftModel
 
     base, tokenizer = load_causal_lm(base_model)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    with peft_checkpointing_probe_quiet():
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -14,6 +14,7 @@ from torch import nn
 from hftune.config import FreezeArguments, LoraArguments
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights
+from hftune.runtime import peft_checkpointing_probe_quiet
 
 # Task-head modules kept out of quantisation. transformers matches each as a suffix of the module name or a
 # regex from its start, hence `.*pooler` for BERT's `bert.pooler.dense`.
@@ -164,7 +165,8 @@ def apply_lora(model: nn.Module, args: LoraArguments, task_type: str = "SEQ_CLS"
         # Casts norms to fp32 and enables input gradients, so checkpointed QLoRA gets non-zero gradients.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
-        return get_peft_model(model, lora_config(model, args, task_type))
+        with peft_checkpointing_probe_quiet():
+            return get_peft_model(model, lora_config(model, args, task_type))
     except ValueError as err:
         raise HftuneError(f"LoRA could not be applied ({err}); check --lora_target_modules") from None
 
