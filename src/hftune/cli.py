@@ -13,6 +13,10 @@ from hftune.errors import exit_on_user_error
 
 # verb -> ("module:function", one-line help). Each function takes argv (list[str]) and returns an exit code.
 VERBS: dict[str, tuple[str, str]] = {
+    "train": (
+        "hftune.launch:train_command",
+        "run a recipe under accelerate launch, config picked for this machine",
+    ),
     "plan": ("hftune.memory:plan_command", "estimate peak training memory and fit a run to a budget"),
     "publish": ("hftune.hub:publish_command", "upload a run folder to the Hub (or HF_ENDPOINT)"),
     "evaluate": ("hftune.evaluation:evaluate_command", "score a saved run or repo on a dataset"),
