@@ -282,7 +282,9 @@ def load_emotion(data_dir: Path, train_samples: int | None, eval_samples: int | 
 
 # --- assembling BENCHMARKS.md --------------------------------------------------------------------------
 
-SECTIONS = ("training_speed", "flops", "jsl_generation", "memory", "data_pipeline", "instruction_tuning")
+SECTIONS = (
+    "training_speed", "flops", "jsl_generation", "memory", "data_pipeline", "instruction_tuning", "jsl_web",
+)  # fmt: skip
 
 
 def assemble(results_dir: Path, target: Path) -> None:

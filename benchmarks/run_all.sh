@@ -33,6 +33,7 @@ run instruction_tuning
 run flops
 run memory
 run jsl_generation "${jsl_args[@]}"
+run jsl_web "${jsl_args[@]}"
 run training_speed
 
 python benchmarks/common.py assemble "$out" BENCHMARKS.md

@@ -5,8 +5,9 @@
         --freeze_embeddings --freeze_layers 3          # embeddings + lower 3 layers frozen
     ... --freeze_layers -2                             # everything but the top 2 layers frozen
 
-Frozen parameters never reach the optimizer and get no gradient buffers. With `--gradient_checkpointing`
-the run uses non-reentrant checkpointing, so layers above frozen embeddings still get their gradients.
+Frozen parameters never reach the optimizer and get no gradient buffers. With `--activation_checkpointing`
+(transformers 5's name; `--gradient_checkpointing` is its deprecated alias) the run uses non-reentrant
+checkpointing, so layers above frozen embeddings still get their gradients.
 With nothing frozen the run is recorded as method "full"; the saved model is a normal safetensors folder.
 """
 

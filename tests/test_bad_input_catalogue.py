@@ -4,8 +4,8 @@ Each row runs a real recipe's `main(argv)` or a real `hftune VERB` in this proce
 model or data is loaded, so the heavy imports are paid once) and asserts: exit code 2, exactly one `error:` line
 that names the bad value and a fix, no traceback, and the folders involved (the output folder, the run or model
 folder passed) exactly as they were: the same listing, sizes and mtimes, or still absent. Two rows run as real
-subprocesses, started first so they overlap the in-process rows: `accelerate launch` and a plain `python`
-whose first output line must be hftune's (no bitsandbytes notice).
+subprocesses, started first so they overlap the in-process rows: `hftune train` (the recipe under `accelerate
+launch -q`) and a plain `python` whose first output line must be hftune's (no bitsandbytes notice).
 """
 
 from __future__ import annotations
@@ -302,6 +302,19 @@ CATALOGUE = [
       ["is a text classifier (BertForSequenceClassification)", "instruction_tuning.py"], ["classifier"]),
     C("generate_model_missing", "hftune", ["generate", "--model", "{root}/no_such_run"],
       ["no_such_run' does not exist", "instruction_tuning.py saved"], ["root"]),
+    C("train_unknown_recipe", "hftune", ["train", "no_such_recipe", "--learning_rate", "1e-3"],
+      ["recipe 'no_such_recipe' not found", "name one of", "sentiment_lora"], []),
+    C("train_unknown_accelerate_config", "hftune", ["train", "sentiment_lora", "--config_file", "nowhere"],
+      ["--config_file 'nowhere' not found", "multi_cpu"], []),
+    C("export_a_sentiment_run", "hftune", ["export", "onnx", "{lora_run}"],
+      ["lora_run has no readable config.json", "text-classification run (method lora)", "recipes/jsl_seq2seq.py"],
+      ["lora_run"]),
+    C("export_a_causal_lm", "hftune", ["export", "onnx", "{causal_lm}"],
+      ["is a causal LM (LlamaForCausalLM), not a JSL seq2seq model"], ["causal_lm"]),
+    C("export_output_is_a_file", "hftune", ["export", "onnx", "{jsl_model}", "--output", "{a_file}"],
+      ["--output", "a_file.txt is a file", "pass a folder"], ["jsl_model", "a_file"]),
+    C("export_output_holds_notes", "hftune", ["export", "onnx", "{jsl_model}", "--output", "{notes}"],
+      ["notes exists and is not a model folder", "new or empty folder"], ["jsl_model", "notes"]),
     C("plan_batch_zero", "hftune", ["plan", "recipes/sentiment_lora.py", "--budget", "6GB", "--batch_size", "0"],
       ["--per_device_train_batch_size 0", "at least 1"], []),
     C("plan_seq_len_negative", "hftune", ["plan", "recipes/sentiment_lora.py", "--budget", "6GB",
@@ -397,14 +410,12 @@ def started_subprocesses(tmp_path_factory):
     """Started with the first catalogue row (`world` asks for them) so they overlap the in-process rows."""
     root = tmp_path_factory.mktemp("catalogue_subprocesses")
     env = {**os.environ, "HFTUNE_CPU_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    # `-q`: without it accelerate answers the child's exit code with its own CalledProcessError traceback.
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--config_file",
-                  str(REPO / "accelerate_configs" / "cpu.yaml")]  # fmt: skip
     commands = {
-        "accelerate_launch": [*accelerate, str(REPO / "recipes" / "sentiment_lora.py"), "--num_train_epochs", "0",
-                              "--output_dir", str(root / "out_accelerate")],
+        # `hftune train` runs the recipe under `accelerate launch -q` and keeps its exit code.
+        "hftune_train": [sys.executable, "-m", "hftune.cli", "train", "sentiment_lora", "--num_train_epochs", "0",
+                         "--output_dir", str(root / "out_hftune_train")],
         "plain_python": [sys.executable, str(REPO / "recipes" / "instruction_tuning.py"), "--learning_rate", "-1",
-                         "--output_dir", str(root / "out_python")],
+                         "--output_dir", str(root / "out_plain_python")],
     }  # fmt: skip
     processes = {
         name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -416,27 +427,29 @@ def started_subprocesses(tmp_path_factory):
             process.kill()
 
 
-def outcome(started, name: str) -> tuple[int, list[str], Path]:
+def outcome(started, name: str) -> tuple[int, list[str]]:
+    """Exit code and output lines (stdout and stderr as they interleaved) of a started subprocess; its output
+    folder must not exist."""
     root, processes = started
     output, _ = processes[name].communicate(timeout=300)
-    return processes[name].returncode, output.splitlines(), root / f"out_{name.split('_')[0]}"
+    assert not (root / f"out_{name}").exists()
+    return processes[name].returncode, output.splitlines()
 
 
-def test_accelerate_launch_shows_the_one_line(started_subprocesses):
-    code, lines, _ = outcome(started_subprocesses, "accelerate_launch")
-    assert code == 1, "\n".join(lines[-30:])  # accelerate turns the child's exit code 2 into 1
+def test_hftune_train_under_accelerate_launch_shows_the_one_line(started_subprocesses):
+    code, lines = outcome(started_subprocesses, "hftune_train")
+    assert code == 2, "\n".join(lines[-30:])
+    assert lines[0].startswith("hftune: ") and "accelerate launch -q" in lines[0], lines[:3]
     assert not [line for line in lines if "Traceback" in line or "kernels-community" in line], lines
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and "--num_train_epochs 0.0" in errors[0], lines
-    assert not (started_subprocesses[0] / "out_accelerate").exists()
+    assert lines[1:] == [line for line in lines if line.startswith("error:")], lines
+    assert len(lines) == 2 and "--num_train_epochs 0.0 trains nothing" in lines[1], lines
 
 
 def test_the_first_line_a_recipe_prints_is_hftunes(started_subprocesses):
-    code, lines, _ = outcome(started_subprocesses, "plain_python")
+    code, lines = outcome(started_subprocesses, "plain_python")
     assert code == 2, "\n".join(lines[-30:])
     assert lines and lines[0].startswith("error: --learning_rate -1.0 must be greater than 0"), lines[:5]
     assert len(lines) == 1, lines
-    assert not (started_subprocesses[0] / "out_python").exists()
 
 
 def test_bitsandbytes_still_imports_and_logs_other_messages(caplog):

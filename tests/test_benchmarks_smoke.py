@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,16 @@ def _check_instruction_tuning(data: dict) -> None:
     assert all(r["samples_per_second"] > 0 and r["peak_rss_mb"] > 0 for r in rows.values())
 
 
+def _check_jsl_web(data: dict) -> None:
+    assert set(data["rows"]) == {"pytorch", "node", "browser"}
+    assert all(
+        r["sentences_per_second"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 for r in data["rows"].values()
+    )
+    # The same glosses from all three runtimes, and the page fetched the wasm and the model files.
+    assert data["identical"] == {"node": True, "browser": True}
+    assert data["downloads_mb"]["onnxruntime-web wasm"] > 5 and data["downloads_mb"]["model files"] > 0
+
+
 CHECKS = {
     "training_speed": _check_training_speed,
     "flops": _check_flops,
@@ -80,6 +91,7 @@ CHECKS = {
     "memory": _check_memory,
     "data_pipeline": _check_pipeline,
     "instruction_tuning": _check_instruction_tuning,
+    "jsl_web": _check_jsl_web,
 }
 
 
@@ -87,6 +99,10 @@ CHECKS = {
 @pytest.mark.skipif(not (EMOTION / "train.txt").is_file(), reason="needs ../shared/data/emotion")
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_benchmark_quick_run(name: str, tmp_path: Path) -> None:
+    if name == "jsl_web" and not (
+        shutil.which("chromium") and (REPO / "js" / "dist" / "src" / "node.js").is_file()
+    ):
+        pytest.skip("bench_jsl_web needs Chromium and the built js/ client (make js chromium)")
     done = _run([str(BENCH / f"bench_{name}.py"), "--quick", "--output_dir", str(tmp_path)], timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads((tmp_path / f"{name}.json").read_text())

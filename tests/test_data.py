@@ -155,8 +155,10 @@ def test_real_emotion_files(emotion_dir):
             label_order=["sadness", "joy", "love", "anger", "fear", "surprise"],
         )
     )
-    assert len(data.splits["train"]) == 16000 and len(data.splits["validation"]) == 2000
+    # The shipped sample (tests/data/emotion): 480 + 240 rows, all six labels, the full file's first row.
+    assert len(data.splits["train"]) == 480 and len(data.splits["validation"]) == 240
     assert data.splits["train"][0] == {"text": "i didnt feel humiliated", "label": 0}
+    assert sorted(set(data.splits["train"]["label"])) == [0, 1, 2, 3, 4, 5]
 
 
 def test_embedded_movie_polarity_is_cached_and_balanced():

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("memory", "training"),
     ("tasks", "jsl"),
     ("evaluation", "hub"),
-    ("cli",),
+    ("cli", "launch"),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 # Travel to the Hub as remote code: they may import only torch, transformers and each other.

@@ -83,7 +83,7 @@ def test_freeze_recipe_with_checkpointing_and_accumulation_reloads(tmp_path, mon
     out = tmp_path / "run"
     run_recipe(
         "sentiment_freeze.py",
-        [*SMALL, "--freeze_embeddings", "--freeze_layers", "-2", "--gradient_checkpointing",
+        [*SMALL, "--freeze_embeddings", "--freeze_layers", "-2", "--activation_checkpointing",
          "--gradient_accumulation_steps", "2", "--num_train_epochs", "1", *NO_CHECKPOINTS, "--output_dir", str(out)],
         monkeypatch,
     )  # fmt: skip

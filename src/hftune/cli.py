@@ -13,11 +13,16 @@ from hftune.errors import exit_on_user_error
 
 # verb -> ("module:function", one-line help). Each function takes argv (list[str]) and returns an exit code.
 VERBS: dict[str, tuple[str, str]] = {
+    "train": (
+        "hftune.launch:train_command",
+        "run a recipe under accelerate launch, config picked for this machine",
+    ),
     "plan": ("hftune.memory:plan_command", "estimate peak training memory and fit a run to a budget"),
     "publish": ("hftune.hub:publish_command", "upload a run folder to the Hub (or HF_ENDPOINT)"),
     "evaluate": ("hftune.evaluation:evaluate_command", "score a saved run or repo on a dataset"),
     "leaderboard": ("hftune.reporting.leaderboard:leaderboard_command", "compare runs side by side"),
     "translate": ("hftune.jsl.translate:translate_command", "Japanese -> JSL gloss with a saved model"),
+    "export": ("hftune.jsl.onnx_export:export_command", "JSL model -> ONNX for Node and the browser"),
     "generate": ("hftune.tasks.instruction:generate_command", "generate with an instruction-tuned model"),
 }
 

@@ -23,7 +23,7 @@ from hftune.models import EMBEDDED_ENCODER_HUB_ID, embedded_encoder_path
 from hftune.persistence import verify_weights, write_weights_manifest
 from hftune.reporting import cards
 from hftune.results import RESULTS_FILE, read_results, write_results
-from hftune.runtime import check_repo_id
+from hftune.runtime import check_repo_id, peft_checkpointing_probe_quiet
 
 # huggingface_hub retries network errors for ~30 s and some calls have no timeout: one short check first.
 PREFLIGHT_TIMEOUT_S = 5.0
@@ -420,7 +420,8 @@ def _build_merged_folder(
             label2id={label: i for i, label in enumerate(labels)},
         )
     try:
-        model = getattr(peft, peft_class).from_pretrained(run_dir, **kwargs)
+        with peft_checkpointing_probe_quiet():
+            model = getattr(peft, peft_class).from_pretrained(run_dir, **kwargs)
     except (OSError, ValueError) as err:
         base = adapter_config.get("base_model_name_or_path")
         raise HftuneError(

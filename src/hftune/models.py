@@ -9,7 +9,7 @@ from pathlib import Path
 from hftune.config import check_attention_dropout
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights
-from hftune.runtime import cache_dir, fail_fast_when_hub_unreachable
+from hftune.runtime import cache_dir, fail_fast_when_hub_unreachable, peft_checkpointing_probe_quiet
 
 EMBEDDED_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -327,7 +327,8 @@ def load_adapter_classifier(run_dir: str | Path, base_model_name_or_path: str | 
         raise HftuneError(f"{results_path} is missing or lists no labels; the run folder is incomplete")
     model, tokenizer = load_classifier(resolve_model_name(base, default=base), dict(enumerate(labels)))
     try:
-        model = PeftModel.from_pretrained(model, str(run_dir))
+        with peft_checkpointing_probe_quiet():
+            model = PeftModel.from_pretrained(model, str(run_dir))
     except (ValueError, RuntimeError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise HftuneError(

@@ -282,6 +282,19 @@ class OutputDirLock:
         recorded = holder.get("process_started")
         return started < 0 or recorded is None or abs(started - recorded) < 1.0
 
+    def _in_use(self, holder: dict) -> HftuneError:
+        return HftuneError(
+            f"output folder {self.output_dir} is in use by pid {holder.get('pid')} on "
+            f"{holder.get('hostname')} (started {holder.get('started_at')}, lock {self.path}); "
+            "wait for that run to finish or pass another --output_dir"
+        )
+
+    def refuse_if_held(self) -> None:
+        """Refuse now, without taking the lock, when a live run holds it: the check before any work starts."""
+        holder = self._holder()
+        if holder and self._holder_is_alive(holder):
+            raise self._in_use(holder)
+
     def acquire(self) -> OutputDirLock:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         record = json.dumps(self._record())
@@ -293,11 +306,7 @@ class OutputDirLock:
                 if holder is None:
                     continue  # released between our attempt and the read
                 if holder and self._holder_is_alive(holder):
-                    raise HftuneError(
-                        f"output folder {self.output_dir} is in use by pid {holder.get('pid')} on "
-                        f"{holder.get('hostname')} (started {holder.get('started_at')}, lock {self.path}); "
-                        "wait for that run to finish or pass another --output_dir"
-                    ) from None
+                    raise self._in_use(holder) from None
                 warn(
                     f"taking over the stale lock {self.path} of pid {holder.get('pid')} on {holder.get('hostname')} "
                     f"(started {holder.get('started_at')}): that process is gone"

@@ -1,13 +1,19 @@
 """The leaf every layer may use: log lines, the cache and resource folders, the process's rank, Hub reachability.
 
-Nothing here imports torch or transformers at module level: `hftune --help` must stay fast.
+Also the CPU threads each training process gets (one rule for `hftune train`'s accelerate flag and the recipe's
+own `torch.set_num_threads`) and the context that hides the one upstream warning peft raises whenever hftune
+wraps or loads an adapter. Nothing here imports torch or transformers at module level: `hftune --help` must
+stay fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from hftune.errors import HftuneError
@@ -100,6 +106,38 @@ def check_repo_id(repo_id: str, source: str) -> None:
         raise HftuneError(f"invalid repo id {repo_id!r} from {source}: {err}".rstrip(".")) from None
     if repo_id.count("/") != 1:
         raise HftuneError(f"invalid repo id {repo_id!r} from {source}: write it as ORG_OR_USER/NAME")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one, else every CPU."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_threads_per_process(
+    processes: int = 1, *, cpus: int | None = None, environ: Mapping[str, str] | None = None
+) -> int:
+    """Threads for each of `processes` CPU training processes: `HFTUNE_CPU_THREADS` if set, else the
+    available CPUs shared evenly, at least one each."""
+    environ = os.environ if environ is None else environ
+    if environ.get("HFTUNE_CPU_THREADS"):
+        return int(environ["HFTUNE_CPU_THREADS"])
+    cpus = available_cpus() if cpus is None else cpus
+    return max(1, cpus // max(processes, 1))
+
+
+@contextlib.contextmanager
+def peft_checkpointing_probe_quiet() -> Iterator[None]:
+    """Wrap `get_peft_model` / `PeftModel.from_pretrained` calls in this.
+
+    peft 0.21.2 builds every `PeftModel` by reading `model.is_gradient_checkpointing`, a property
+    transformers 5.23 deprecates with a FutureWarning; hftune never reads it, so the user could do nothing
+    about it. Only that message is hidden, and only inside the block.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 # --- library notices a user cannot act on --------------------------------------------------------------------

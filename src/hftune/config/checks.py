@@ -347,9 +347,10 @@ def describe_folder(folder: Path) -> FolderContent | None:
         return None
     if (folder / "results.json").is_file():
         results = read_json(folder / "results.json")
-        if not isinstance(results, dict):
-            return FolderContent("a results.json that is not a run record", "broken")
-        task, method = results.get("task"), results.get("method")
+        task = results.get("task") if isinstance(results, dict) else None
+        if not task:
+            return FolderContent("a results.json that names no task (not an hftune run record)", "broken")
+        method = results.get("method")
         return FolderContent(f"a finished {task} run (method {method})", "finished", task, method)
     checkpoints = sorted(
         (p for p in entries if _checkpoint_number(p) >= 0 and p.is_dir()), key=_checkpoint_number
@@ -398,7 +399,10 @@ def check_output_folder(output_dir: str | Path, *, task: str, method: str, artif
     checkpoint (an adapter or a full model, and the task its config names). Another run's checkpoints would be
     resumed as if they were this run's, and its files mixed with this run's.
     """
+    from hftune.persistence import OutputDirLock
+
     folder = check_writable_folder(output_dir)
+    OutputDirLock(folder).refuse_if_held()  # a run writing there now: the one fix is to wait or go elsewhere
     content = describe_folder(folder)
     if content is not None and not _same_run(content, task, method, artifact):
         raise HftuneError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
@@ -73,6 +73,11 @@ def strip_traceback_flag(argv: list[str]) -> list[str]:
     ]
 
 
+def _raise_argument_error(message: str) -> NoReturn:
+    """argparse's own `error()` prints the usage of every flag first: ~150 lines with TrainingArguments."""
+    raise HftuneError(f"{message}; see `--help` for the accepted flags")
+
+
 def parse_recipe_args(
     dataclass_types: tuple[type, ...],
     recipe_defaults: dict[str, Any] | None = None,
@@ -89,10 +94,12 @@ def parse_recipe_args(
     argv = strip_traceback_flag(argv)
 
     pre = argparse.ArgumentParser(add_help=False)
+    pre.error = _raise_argument_error  # type: ignore[method-assign]
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
 
     parser = HfArgumentParser(dataclass_types)
+    parser.error = _raise_argument_error  # type: ignore[method-assign]
     parser.add_argument(
         "--config", default=None, help="YAML file of argument values; command-line flags override it."
     )

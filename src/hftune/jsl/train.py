@@ -283,7 +283,7 @@ def decide_device_and_precision(
     args: JslArguments, training_args: Seq2SeqTrainingArguments, model: torch.nn.Module | None = None
 ):
     """Resolve --device/--precision into Trainer flags (use_cpu, bf16, fp16); returns (new args, decision).
-    On CPU, `model` (when given) gets the CPU training set-up of `hftune.cpu_training`."""
+    On CPU, `model` (when given) gets the CPU training set-up of `hftune.training.cpu`."""
 
     info = hardware.detect_hardware()
     device = hardware.resolve_device(args.device, info)

@@ -10,6 +10,7 @@ from torch import nn
 from hftune.errors import HftuneError
 from hftune.methods.parts import head_module_names
 from hftune.methods.registry import Method, PlanSettings, register
+from hftune.runtime import peft_checkpointing_probe_quiet
 
 
 @dataclass
@@ -49,7 +50,8 @@ def apply_ia3(model: nn.Module, args: IA3Arguments | None = None) -> nn.Module:
         modules_to_save=head or None,
     )
     try:
-        return get_peft_model(model, config)
+        with peft_checkpointing_probe_quiet():
+            return get_peft_model(model, config)
     except ValueError as err:
         model_type = getattr(getattr(model, "config", None), "model_type", "?")
         raise HftuneError(

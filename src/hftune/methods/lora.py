@@ -12,6 +12,7 @@ from hftune.errors import HftuneError
 from hftune.methods.parts import head_module_names
 from hftune.methods.registry import Artifact, Method, PlanSettings, register, register_artifact
 from hftune.models import local_copy_of
+from hftune.runtime import peft_checkpointing_probe_quiet
 
 # Task-head modules kept out of quantisation. transformers matches each as a suffix of the module name or a
 # regex from its start, hence `.*pooler` for BERT's `bert.pooler.dense`.
@@ -65,7 +66,8 @@ def apply_lora(model: nn.Module, args: LoraArguments, task_type: str = "SEQ_CLS"
         # Casts norms to fp32 and enables input gradients, so checkpointed QLoRA gets non-zero gradients.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
-        return get_peft_model(model, lora_config(model, args, task_type))
+        with peft_checkpointing_probe_quiet():
+            return get_peft_model(model, lora_config(model, args, task_type))
     except ValueError as err:
         raise HftuneError(f"LoRA could not be applied ({err}); check --lora_target_modules") from None
 
@@ -108,7 +110,8 @@ def load_lora_classifier(folder: Path, labels: list[str] | None = None):
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()}
     )
-    return PeftModel.from_pretrained(model, str(folder))
+    with peft_checkpointing_probe_quiet():
+        return PeftModel.from_pretrained(model, str(folder))
 
 
 def _plan_lora(model: nn.Module, settings: PlanSettings):

@@ -280,8 +280,18 @@ def _images(run_dir: Path | None) -> list[tuple[str, str]]:
     return images
 
 
-def build_model_card(record: RunRecord | Mapping[str, Any], run_dir: Path | None = None) -> ModelCard:
-    """The model card for a run, from its record; `run_dir` supplies result PNGs to link.
+def _onnx_files(onnx_dir: Path | None) -> list[tuple[str, float]]:
+    """(file name, MB) of the ONNX graphs `hftune export onnx` wrote; the card shows its browser section then."""
+    if onnx_dir is None or not onnx_dir.is_dir():
+        return []
+    return [(path.name, path.stat().st_size / 1e6) for path in sorted(onnx_dir.glob("*.onnx"))]
+
+
+def build_model_card(
+    record: RunRecord | Mapping[str, Any], run_dir: Path | None = None, onnx_dir: Path | None = None
+) -> ModelCard:
+    """The model card for a run, from its record; `run_dir` supplies result PNGs to link and the ONNX export
+    (`run_dir/onnx`, or `onnx_dir` while an export is still staged).
 
     The card is titled after the repo id once published, else the run's folder name (`record.run_name`).
     """
@@ -365,6 +375,8 @@ def build_model_card(record: RunRecord | Mapping[str, Any], run_dir: Path | None
         version_rows=_rows(results.versions),
         images=_images(run_dir),
         loading_snippet=_loading_snippet(task, artifact, repo_id, hyperparameters, labels),
+        repo_id=repo_id,
+        onnx_files=_onnx_files(onnx_dir or (run_dir / "onnx" if run_dir is not None else None)),
     )
 
 

@@ -45,7 +45,7 @@ from hftune.metrics import gloss_metrics
 from hftune.models import EMBEDDED_CAUSAL_LM_HUB_ID, count_parameters, embedded_causal_lm_path, hub_load_error
 from hftune.reporting.plots import plot_training_curves
 from hftune.results import RunRecord
-from hftune.runtime import fail_fast_when_hub_unreachable, log, world_size
+from hftune.runtime import fail_fast_when_hub_unreachable, log, peft_checkpointing_probe_quiet, world_size
 from hftune.training.callbacks import MemoryCallback
 from hftune.training.lifecycle import claim_run, save_run, training_facts
 from hftune.training.trainer import AtomicCheckpointTrainer
@@ -411,7 +411,8 @@ def load_instruction_model(run_dir: str | Path, *, device: str = "cpu"):
         if not Path(base).is_dir() and results.get("base_model_embedded"):
             base = embedded_causal_lm_path()  # the cache moved (another machine or HFTUNE_CACHE)
         model, _ = load_causal_lm(base)
-        model = PeftModel.from_pretrained(model, str(run_dir))
+        with peft_checkpointing_probe_quiet():
+            model = PeftModel.from_pretrained(model, str(run_dir))
     elif (run_dir / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(str(run_dir), dtype=torch.float32)
     else:
@@ -730,7 +731,8 @@ def save_merged(adapter_dir: Path, base_model: str, out: Path) -> Path:
     from peft import PeftModel
 
     base, tokenizer = load_causal_lm(base_model)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    with peft_checkpointing_probe_quiet():
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -10,6 +10,8 @@ import os
 import torch
 from torch import nn
 
+from hftune.runtime import cpu_threads_per_process
+
 # Dropout keeps or drops each element on a 16-bit draw: probabilities are multiples of 1/65536.
 _DRAW_LEVELS = 1 << 16
 
@@ -58,9 +60,8 @@ def use_cpu_dropout(model: nn.Module) -> int:
 
 def use_all_cpu_cores() -> int:
     """`accelerate launch` hands a CPU child one thread by default; give each process its share of the cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    threads = int(os.environ.get("HFTUNE_CPU_THREADS", max(1, cores // max(local, 1))))
+    threads = cpu_threads_per_process(local)
     torch.set_num_threads(threads)
     return threads
 
