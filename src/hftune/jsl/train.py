@@ -39,10 +39,10 @@ from hftune.jsl.translate import measure_generation_speed
 from hftune.metrics import gloss_metrics
 from hftune.reporting.plots import plot_training_curves
 from hftune.results import RunRecord
-from hftune.runtime import log, world_size
+from hftune.runtime import log
 from hftune.training.callbacks import MemoryCallback
 from hftune.training.cpu import prepare_cpu_training
-from hftune.training.lifecycle import claim_run, save_run, training_facts
+from hftune.training.lifecycle import claim_run, save_run, trainer_hyperparameters, training_facts
 from hftune.training.trainer import AtomicCheckpointTrainer
 
 
@@ -377,17 +377,7 @@ def _hyperparameters(args: JslArguments, training_args: Seq2SeqTrainingArguments
     }  # fmt: skip
     return {
         **model_size,
-        "learning_rate": training_args.learning_rate,
-        "num_train_epochs": training_args.num_train_epochs,
-        "per_device_train_batch_size": training_args.per_device_train_batch_size,
-        "effective_batch_size": training_args.per_device_train_batch_size
-        * training_args.gradient_accumulation_steps
-        * world_size(),
-        "warmup_steps": training_args.warmup_steps,
-        "lr_scheduler_type": getattr(
-            training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type
-        ),
-        "weight_decay": training_args.weight_decay,
+        **trainer_hyperparameters(training_args),
         "optimizer": getattr(training_args.optim, "value", training_args.optim),
         "metric_for_best_model": training_args.metric_for_best_model,
         "generation_num_beams": training_args.generation_num_beams or 1,
@@ -486,7 +476,10 @@ def run_jsl_training(
             hyperparameters=_hyperparameters(args, training_args),
             # The decoding the scores were made with (Seq2SeqTrainer's greedy search up to max_target_length):
             # `hftune evaluate` decodes the same way.
-            generation={"num_beams": 1, "max_new_tokens": model.generation_config.max_new_tokens},
+            generation={
+                "num_beams": training_args.generation_num_beams or 1,
+                "max_new_tokens": model.generation_config.max_new_tokens,
+            },
             generation_speed=speed,
             # the leaderboard's column, measured as the instruction-tuning recipe does: batched greedy
             # generation over the held-out split, wall time per sentence

@@ -18,9 +18,9 @@ from hftune.metrics import classification_metrics
 from hftune.models import attention_dropout_of, count_parameters, hub_id_for
 from hftune.reporting.plots import plot_confusion_matrix, plot_training_curves
 from hftune.results import RunRecord
-from hftune.runtime import log, world_size
+from hftune.runtime import log
 from hftune.training.callbacks import MemoryCallback
-from hftune.training.lifecycle import claim_run, save_run, training_facts
+from hftune.training.lifecycle import claim_run, save_run, trainer_hyperparameters, training_facts
 from hftune.training.trainer import AtomicCheckpointTrainer
 
 TRAIN_SUBSET_FOR_CURVES = 1000  # train-accuracy curve at every epoch without re-scoring all training data
@@ -101,18 +101,7 @@ def run_classification(
                 resume_from=run.resume_from,
             ),
             hyperparameters={
-                "learning_rate": training_args.learning_rate,
-                "num_train_epochs": training_args.num_train_epochs,
-                "per_device_train_batch_size": training_args.per_device_train_batch_size,
-                "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-                "effective_batch_size": training_args.per_device_train_batch_size
-                * training_args.gradient_accumulation_steps
-                * world_size(),
-                "weight_decay": training_args.weight_decay,
-                "warmup_steps": training_args.warmup_steps,
-                "lr_scheduler_type": getattr(
-                    training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type
-                ),
+                **trainer_hyperparameters(training_args),
                 "max_seq_length": data_args.max_seq_length,
                 "train_sampling_strategy": training_args.train_sampling_strategy,
                 "gradient_checkpointing": training_args.gradient_checkpointing,

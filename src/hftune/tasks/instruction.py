@@ -45,9 +45,9 @@ from hftune.metrics import gloss_metrics
 from hftune.models import EMBEDDED_CAUSAL_LM_HUB_ID, count_parameters, embedded_causal_lm_path, hub_load_error
 from hftune.reporting.plots import plot_training_curves
 from hftune.results import RunRecord
-from hftune.runtime import fail_fast_when_hub_unreachable, log, peft_checkpointing_probe_quiet, world_size
+from hftune.runtime import fail_fast_when_hub_unreachable, log, peft_checkpointing_probe_quiet
 from hftune.training.callbacks import MemoryCallback
-from hftune.training.lifecycle import claim_run, save_run, training_facts
+from hftune.training.lifecycle import claim_run, save_run, trainer_hyperparameters, training_facts
 from hftune.training.trainer import AtomicCheckpointTrainer
 
 JSL_DATASET = "jsl"
@@ -668,19 +668,8 @@ def run_instruction_tuning(
                 "prompt_format": data_args.prompt_format,
                 "max_seq_length": data_args.max_seq_length,
                 "packing": data_args.packing,
-                "learning_rate": training_args.learning_rate,
-                "num_train_epochs": training_args.num_train_epochs,
+                **trainer_hyperparameters(training_args),
                 "max_steps": training_args.max_steps,
-                "per_device_train_batch_size": training_args.per_device_train_batch_size,
-                "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-                "effective_batch_size": training_args.per_device_train_batch_size
-                * training_args.gradient_accumulation_steps
-                * world_size(),
-                "weight_decay": training_args.weight_decay,
-                "warmup_steps": training_args.warmup_steps,
-                "lr_scheduler_type": getattr(
-                    training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type
-                ),
                 "gradient_checkpointing": bool(training_args.activation_checkpointing),
                 "max_new_tokens": instruct_args.max_new_tokens,
                 **(

@@ -73,6 +73,24 @@ def training_facts(
     }
 
 
+def trainer_hyperparameters(training_args) -> dict[str, Any]:
+    """The optimisation settings every Trainer run records the same way (`TrainingArguments` names)."""
+    return {
+        "learning_rate": training_args.learning_rate,
+        "num_train_epochs": training_args.num_train_epochs,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+        "effective_batch_size": training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * world_size(),
+        "weight_decay": training_args.weight_decay,
+        "warmup_steps": training_args.warmup_steps,
+        "lr_scheduler_type": getattr(
+            training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type
+        ),
+    }
+
+
 def save_run(
     output_dir: str | Path,
     record: RunRecord,
