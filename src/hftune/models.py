@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from hftune.config import check_attention_dropout
+from hftune.config.checks import check_model_kind, check_position_limit, describe_folder
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights
 from hftune.runtime import cache_dir, fail_fast_when_hub_unreachable, peft_checkpointing_probe_quiet
@@ -75,8 +76,6 @@ def check_base_model(name_or_path: str, *, kind: str, max_seq_length: int | None
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
-
-    from hftune.config.checks import check_model_kind, check_position_limit, describe_folder
 
     folder = Path(name_or_path)
     if folder.is_dir() and not (folder / "config.json").is_file():

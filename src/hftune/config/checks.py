@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hftune.errors import HftuneError
+from hftune.persistence import OutputDirLock
 
 # --- numeric ranges ---------------------------------------------------------------------------------------
 
@@ -399,8 +400,6 @@ def check_output_folder(output_dir: str | Path, *, task: str, method: str, artif
     checkpoint (an adapter or a full model, and the task its config names). Another run's checkpoints would be
     resumed as if they were this run's, and its files mixed with this run's.
     """
-    from hftune.persistence import OutputDirLock
-
     folder = check_writable_folder(output_dir)
     OutputDirLock(folder).refuse_if_held()  # a run writing there now: the one fix is to wait or go elsewhere
     content = describe_folder(folder)

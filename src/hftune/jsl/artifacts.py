@@ -18,6 +18,7 @@ import torch
 import transformers
 
 import hftune
+from hftune.config.checks import check_model_kind, describe_folder, read_json
 from hftune.errors import HftuneError
 from hftune.hardware import resolve_device
 from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration
@@ -112,8 +113,6 @@ def verify_weight_files(folder: Path) -> None:
 
 def check_jsl_folder(folder: Path, name: str, flag: str) -> None:
     """Refuse a folder that is not a JSL model (a classifier run, a causal LM) before its files are read as one."""
-    from hftune.config.checks import check_model_kind, describe_folder, read_json
-
     config = read_json(folder / "config.json")
     if not isinstance(config, dict):
         content = describe_folder(folder)

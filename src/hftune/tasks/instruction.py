@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from hftune.config.checks import check_existing_folder, check_range
+from hftune.config.checks import check_existing_folder, check_model_kind, check_range, read_json
 from hftune.data import read_data_file
 from hftune.data.prompts import (
     IGNORE_INDEX,
@@ -44,7 +44,7 @@ from hftune.methods import METHODS, get_method, lora_target_modules
 from hftune.metrics import gloss_metrics
 from hftune.models import EMBEDDED_CAUSAL_LM_HUB_ID, count_parameters, embedded_causal_lm_path, hub_load_error
 from hftune.reporting.plots import plot_training_curves
-from hftune.results import RunRecord
+from hftune.results import RunRecord, read_results
 from hftune.runtime import fail_fast_when_hub_unreachable, log, peft_checkpointing_probe_quiet
 from hftune.training.callbacks import MemoryCallback
 from hftune.training.lifecycle import claim_run, save_run, trainer_hyperparameters, training_facts
@@ -396,8 +396,6 @@ def load_instruction_model(run_dir: str | Path, *, device: str = "cpu"):
     """(model, tokenizer, run results) of a saved run: an adapter over its base model, or a full model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hftune.results import read_results
-
     run_dir = Path(run_dir)
     results_path = run_dir / "results.json"
     results = read_results(run_dir).to_dict() if results_path.is_file() else {}
@@ -429,8 +427,6 @@ def load_instruction_model(run_dir: str | Path, *, device: str = "cpu"):
 def check_instruction_folder(run_dir: Path, results: Mapping[str, Any]) -> None:
     """Refuse a run of another task (a classifier, a JSL model) before its weights are loaded as a causal LM."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    from hftune.config.checks import check_model_kind, read_json
 
     fix = "pass a folder recipes/instruction_tuning.py saved (or its merged/ subfolder)"
     task = results.get("task")
