@@ -17,15 +17,11 @@ from hftune.config import (
     FeatureArguments,
     ModelArguments,
     TrainingArguments,
-    check_output_folder,
     parse_recipe_args,
-    set_seed,
 )
-from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
 from hftune.methods import apply_features
-from hftune.models import embedded_encoder_path, load_classifier, resolve_model_name
-from hftune.tasks.classification import run_classification
+from hftune.tasks.classification import load_base_classifier, prepare_classifier_run, run_classification
 from hftune.tasks.features import plot_projection_of_frozen_body, run_feature_extraction
 from hftune.training.setup import prepare_training_args
 from hftune.training.trainer import finish
@@ -45,15 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         (ModelArguments, DataArguments, FeatureArguments, TrainingArguments), RECIPE_DEFAULTS, argv
     )
     artifact = "features" if feature_args.classifier == "logreg" else "full"
-    check_output_folder(
-        training_args.output_dir, task="text-classification", method="features", artifact=artifact
+    data, base_model = prepare_classifier_run(
+        model_args, data_args, training_args, method="features", artifact=artifact
     )
-    base_model = resolve_model_name(
-        model_args.model_name_or_path, default=embedded_encoder_path(), kind="sequence-classification",
-        max_seq_length=data_args.max_seq_length,
-    )  # fmt: skip
-    set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
-    data = load_classification_data(data_args, seed=training_args.seed)
 
     if feature_args.classifier == "logreg":
         run_feature_extraction(
@@ -63,13 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         finish()
         return
 
-    model, tokenizer = load_classifier(
-        base_model,
-        data.id2label,
-        tokenizer_name=model_args.tokenizer_name,
-        trust_remote_code=model_args.trust_remote_code,
-        attention_dropout=model_args.attention_dropout,
-    )
+    model, tokenizer = load_base_classifier(model_args, base_model, data)
     model = apply_features(model)
     training_args, decision = prepare_training_args(
         training_args, model_args, model, max_seq_length=data_args.max_seq_length

@@ -14,15 +14,11 @@ from hftune.config import (
     LoraArguments,
     ModelArguments,
     TrainingArguments,
-    check_output_folder,
     parse_recipe_args,
-    set_seed,
 )
-from hftune.data import load_classification_data
 from hftune.errors import exit_on_user_error
 from hftune.methods import apply_lora, quantization_config
-from hftune.models import embedded_encoder_path, load_classifier, resolve_model_name
-from hftune.tasks.classification import run_classification
+from hftune.tasks.classification import load_base_classifier, prepare_classifier_run, run_classification
 from hftune.training.setup import prepare_training_args
 from hftune.training.trainer import finish
 
@@ -43,23 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     quantization = "4bit" if lora_args.load_in_4bit else "8bit" if lora_args.load_in_8bit else None
     method = "qlora" if quantization else "lora"
-    check_output_folder(
-        training_args.output_dir, task="text-classification", method=method, artifact="adapter"
-    )
-    base_model = resolve_model_name(
-        model_args.model_name_or_path, default=embedded_encoder_path(), kind="sequence-classification",
-        max_seq_length=data_args.max_seq_length,
-    )  # fmt: skip
-    set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
-    data = load_classification_data(data_args, seed=training_args.seed)
+    data, base_model = prepare_classifier_run(model_args, data_args, training_args, method=method)
 
-    model, tokenizer = load_classifier(
-        base_model,
-        data.id2label,
-        tokenizer_name=model_args.tokenizer_name,
-        trust_remote_code=model_args.trust_remote_code,
-        attention_dropout=model_args.attention_dropout,
-        quantization_config=quantization_config(lora_args),
+    model, tokenizer = load_base_classifier(
+        model_args, base_model, data, quantization_config=quantization_config(lora_args)
     )
     model = apply_lora(model, lora_args)
 

@@ -11,11 +11,18 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, TrainingArguments
 
-from hftune.config import DataArguments, ModelArguments
-from hftune.data import ClassificationData, tokenize_splits
+from hftune.config import DataArguments, ModelArguments, check_output_folder, set_seed
+from hftune.data import ClassificationData, load_classification_data, tokenize_splits
 from hftune.methods import get_method
 from hftune.metrics import classification_metrics
-from hftune.models import attention_dropout_of, count_parameters, hub_id_for
+from hftune.models import (
+    attention_dropout_of,
+    count_parameters,
+    embedded_encoder_path,
+    hub_id_for,
+    load_classifier,
+    resolve_model_name,
+)
 from hftune.reporting.plots import plot_confusion_matrix, plot_training_curves
 from hftune.results import RunRecord
 from hftune.runtime import log
@@ -24,6 +31,46 @@ from hftune.training.lifecycle import claim_run, save_run, trainer_hyperparamete
 from hftune.training.trainer import AtomicCheckpointTrainer
 
 TRAIN_SUBSET_FOR_CURVES = 1000  # train-accuracy curve at every epoch without re-scoring all training data
+
+
+def prepare_classifier_run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    *,
+    method: str,
+    artifact: str | None = None,
+) -> tuple[ClassificationData, str]:
+    """What every classifier recipe checks and loads before its model, in this order: the output folder (a
+    file, unwritable, or holding another run is refused), the base model's config (its kind and position
+    limit, before any weight loads), the seed, then the data. Returns (data, base model name or folder)."""
+    check_output_folder(
+        training_args.output_dir,
+        task="text-classification",
+        method=method,
+        artifact=artifact or get_method(method).artifact,
+    )
+    base_model = resolve_model_name(
+        model_args.model_name_or_path,
+        default=embedded_encoder_path(),
+        kind="sequence-classification",
+        max_seq_length=data_args.max_seq_length,
+    )
+    set_seed(training_args.seed)  # before the model is built: new heads and adapter weights draw from it
+    return load_classification_data(data_args, seed=training_args.seed), base_model
+
+
+def load_base_classifier(model_args: ModelArguments, base_model: str, data: ClassificationData, **kwargs):
+    """(model, tokenizer): the base model with a new head for the data's labels, as `--model_name_or_path`,
+    `--tokenizer_name`, `--trust_remote_code` and `--attention_dropout` say; `kwargs` go to `load_classifier`."""
+    return load_classifier(
+        base_model,
+        data.id2label,
+        tokenizer_name=model_args.tokenizer_name,
+        trust_remote_code=model_args.trust_remote_code,
+        attention_dropout=model_args.attention_dropout,
+        **kwargs,
+    )
 
 
 def run_classification(
