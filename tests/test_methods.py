@@ -29,7 +29,7 @@ from hftune.methods import (
     head_parameter_names,
     lora_target_modules,
 )
-from hftune.models import count_parameters
+from hftune.models import count_parameters, load_classifier
 from hftune.training.setup import prepare_training_args
 
 LABELS = {0: "negative", 1: "positive"}
@@ -265,3 +265,12 @@ def test_reentrant_checkpointing_without_input_grads_would_zero_the_gradients(mi
         model(**batch, labels=torch.tensor([1, 0])).loss.backward()
     assert model.bert.encoder.layer[0].attention.self.query.weight.grad is None
     assert model.classifier.weight.grad is not None
+
+
+def test_loading_a_classifier_reports_its_new_head_in_one_line(minilm_path, capfd):
+    """transformers' LOAD REPORT table (the head is missing from the checkpoint, as fine-tuning expects) is
+    replaced by one hftune line naming the new head; nothing else about the load is printed."""
+    load_classifier(minilm_path, {0: "negative", 1: "positive"})
+    out, err = capfd.readouterr()
+    assert "hftune: new classification head initialised: classifier.bias, classifier.weight" in out
+    assert "LOAD REPORT" not in out + err and "MISSING" not in out + err and "not sharded" not in out + err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import os
 from pathlib import Path
@@ -10,7 +11,13 @@ from hftune.config import check_attention_dropout
 from hftune.config.checks import check_model_kind, check_position_limit, describe_folder
 from hftune.errors import HftuneError
 from hftune.persistence import verify_weights
-from hftune.runtime import cache_dir, fail_fast_when_hub_unreachable, peft_checkpointing_probe_quiet
+from hftune.runtime import (
+    cache_dir,
+    fail_fast_when_hub_unreachable,
+    is_main_process,
+    peft_checkpointing_probe_quiet,
+    warn,
+)
 
 EMBEDDED_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -214,20 +221,61 @@ def load_classifier(
             label2id=label2id,
         )
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path,
-            config=config,
-            trust_remote_code=trust_remote_code,
-            quantization_config=quantization_config,
-            dtype=dtype,
-            **extra,
-        )
+        with _loading_report_silenced():
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path,
+                config=config,
+                trust_remote_code=trust_remote_code,
+                quantization_config=quantization_config,
+                dtype=dtype,
+                output_loading_info=True,
+                **extra,
+            )
     except OSError as err:
         raise hub_load_error(name_or_path, err) from None
+    _report_new_head(model, name_or_path, loading)
     if tokenizer.pad_token is None:  # GPT-style tokenizers: batches still need padding
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _loading_report_silenced():
+    """transformers logs a LOAD REPORT table for every new classifier: its head is missing from the checkpoint,
+    which is the point of fine-tuning. `_report_new_head` says in one line what matters instead.
+
+    A filter, not a higher level: transformers runs (and logs) a tensor-parallel plan check only when that
+    logger's level is WARNING or above."""
+    import logging
+
+    class DropLoadReport(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "LOAD REPORT" not in record.getMessage()
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    dropper = DropLoadReport()
+    logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropper)
+
+
+def _report_new_head(model, name_or_path: str, loading: dict) -> None:
+    """One log line for the newly initialised head; a warning naming any pretrained weight that did not load."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    missing = sorted(loading.get("missing_keys") or [])
+    body = [key for key in missing if key.startswith(prefix)]
+    head = [key for key in missing if not key.startswith(prefix)]
+    if head and is_main_process():
+        print(f"hftune: new classification head initialised: {', '.join(head)}", flush=True)
+    if body or loading.get("mismatched_keys"):
+        warn(
+            f"model {name_or_path!r}: pretrained weights missing or of another shape "
+            f"({', '.join(map(str, [*body, *loading.get('mismatched_keys', [])][:5]))}); they start from random "
+            "values: check that --model_name_or_path is the checkpoint you meant"
+        )
 
 
 def count_parameters(model) -> tuple[int, int]:
