@@ -3,6 +3,8 @@
     accelerate launch --config_file accelerate_configs/cpu.yaml recipes/sentiment_lora.py
     accelerate launch recipes/sentiment_lora.py --model_name_or_path distilbert-base-uncased \
         --dataset_name dair-ai/emotion --load_in_4bit          # QLoRA on a connected GPU machine
+    accelerate launch recipes/sentiment_lora.py --use_dora     # or --use_rslora, --init_lora_weights pissa|olora,
+                                                               # --loraplus_lr_ratio 16
 
 With no arguments it fine-tunes the embedded MiniLM encoder on the embedded movie-review polarity
 sentences, so it runs with no network. `--config file.yaml` takes the same keys as the flags.
@@ -17,7 +19,14 @@ from hftune.config import (
     parse_recipe_args,
 )
 from hftune.errors import exit_on_user_error
-from hftune.methods import apply_lora, quantization_config
+from hftune.methods.lora import (
+    apply_lora,
+    check_lora_combination,
+    lora_variant,
+    loraplus_optimizer,
+    quantization_config,
+    save_lora,
+)
 from hftune.tasks.classification import load_base_classifier, prepare_classifier_run, run_classification
 from hftune.training.setup import prepare_training_args
 from hftune.training.trainer import finish
@@ -37,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args, lora_args, training_args = parse_recipe_args(
         (ModelArguments, DataArguments, LoraArguments, TrainingArguments), RECIPE_DEFAULTS, argv
     )
+    check_lora_combination(lora_args)
     quantization = "4bit" if lora_args.load_in_4bit else "8bit" if lora_args.load_in_8bit else None
-    method = "qlora" if quantization else "lora"
+    method = lora_variant(lora_args)
     data, base_model = prepare_classifier_run(model_args, data_args, training_args, method=method)
 
     model, tokenizer = load_base_classifier(
@@ -59,6 +69,12 @@ def main(argv: list[str] | None = None) -> None:
         method=method,
         decision=decision,
         base_model=base_model,
+        save_artifact=save_lora,
+        make_optimizer=(
+            None
+            if lora_args.loraplus_lr_ratio is None
+            else lambda m, a: loraplus_optimizer(m, a, lora_args.loraplus_lr_ratio)
+        ),
     )
     finish()
 

@@ -139,6 +139,34 @@ class LoraArguments:
             "linear layer of the body; the task head is never adapted (it is trained fully)."
         },
     )
+    use_dora: bool = field(
+        default=False,
+        metadata={
+            "help": "DoRA (Liu et al., 2024): split each adapted weight into a magnitude vector and a direction "
+            "that LoRA updates; trains the magnitudes too. Slower steps; mergeable like LoRA."
+        },
+    )
+    use_rslora: bool = field(
+        default=False,
+        metadata={"help": "rsLoRA (Kalajdzievski, 2023): scale updates by alpha/sqrt(r) instead of alpha/r."},
+    )
+    init_lora_weights: str = field(
+        default="default",
+        metadata={
+            "help": "How LoRA's matrices start. default: A random (Kaiming), B zero; gaussian: A Gaussian; pissa: "
+            "from the top singular vectors of each weight (PiSSA); olora: from its QR decomposition (OLoRA). "
+            "pissa and olora move those components out of the base weights while training; the saved adapter is "
+            "converted to a plain LoRA of rank 2r over the untouched base, so it loads like any other.",
+            "choices": ["default", "gaussian", "pissa", "olora"],
+        },
+    )
+    loraplus_lr_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA+ (Hayou et al., 2024): train the B matrices (and 1-D parameters) at this multiple of "
+            "--learning_rate with peft's create_loraplus_optimizer, e.g. 16. Default: one learning rate."
+        },
+    )
     load_in_4bit: bool = field(
         default=False, metadata={"help": "QLoRA: load the base model in 4-bit NF4 (bitsandbytes)."}
     )

@@ -105,6 +105,11 @@ RANGES: dict[str, Range] = {
     "lora_r": Range(1, example="8"),
     "lora_alpha": Range(0, low_open=True, example="16"),
     "lora_dropout": _PROBABILITY,
+    "loraplus_lr_ratio": Range(0, low_open=True, example="16"),
+    # PromptLearningArguments, AdapterArguments
+    "num_virtual_tokens": Range(1, example="20"),
+    "encoder_hidden_size": Range(1, example="384"),
+    "reduction_factor": Range(1, example="16"),
     # The instruction recipe documents -1 as "every example".
     "InstructionDataArguments.max_train_samples": Range(1, allow=(None, -1), example="800"),
     "InstructionDataArguments.max_eval_samples": Range(1, allow=(None, -1), example="100"),

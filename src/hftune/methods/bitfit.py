@@ -102,5 +102,6 @@ register(
         apply=apply_bitfit,
         plan=lambda model, settings: apply_bitfit(model),
         recipe="sentiment_bitfit.py",
+        quoted_share="~0.05%",
     )
 )

@@ -57,6 +57,7 @@ register(
         apply=apply_full,
         plan=lambda model, settings: apply_full(model),
         recipe="sentiment_freeze.py",
+        quoted_share="100%",
     )
 )
 register(

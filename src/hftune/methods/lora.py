@@ -56,20 +56,121 @@ def lora_config(model: nn.Module, args: LoraArguments, task_type: str = "SEQ_CLS
         target_modules=lora_target_modules(model, args),
         exclude_modules=inside_head or None,
         modules_to_save=head or None,
+        use_dora=args.use_dora,
+        use_rslora=args.use_rslora,
+        init_lora_weights=True if args.init_lora_weights == "default" else args.init_lora_weights,
     )
+
+
+# Initialisations that move the adapter's starting product out of the base weights (W_res = W - B0 A0).
+MUTATING_INITS = ("pissa", "olora")
+
+
+def check_lora_combination(args: LoraArguments) -> None:
+    """Refuse the LoRA variant combinations that cannot train or cannot be saved correctly, before any load."""
+    quantized = args.load_in_4bit or args.load_in_8bit
+    if args.init_lora_weights in MUTATING_INITS and quantized:
+        # peft refuses PiSSA on a quantised weight; OLoRA would re-quantise W_res, so the saved adapter over
+        # the original 4-bit base would not reproduce the trained model.
+        raise HftuneError(
+            f"--init_lora_weights {args.init_lora_weights} rewrites the base weights, which a 4/8-bit base cannot "
+            "hold exactly; drop --load_in_4bit/--load_in_8bit or use --init_lora_weights default"
+        )
+    if args.init_lora_weights in MUTATING_INITS and args.use_dora:
+        # DoRA's magnitudes are norms of the mutated base weight: no plain LoRA over the original base equals them.
+        raise HftuneError(
+            f"--init_lora_weights {args.init_lora_weights} with --use_dora cannot be saved as an adapter of the "
+            "original base model; choose one of them"
+        )
+
+
+def lora_variant(args: LoraArguments) -> str:
+    """The registered method a LoRA run trains, from its flags (the first that applies)."""
+    if args.load_in_4bit or args.load_in_8bit:
+        return "qlora"
+    if args.use_dora:
+        return "dora"
+    if args.use_rslora:
+        return "rslora"
+    if args.init_lora_weights in MUTATING_INITS:
+        return args.init_lora_weights
+    if args.loraplus_lr_ratio is not None:
+        return "loraplus"
+    return "lora"
 
 
 def apply_lora(model: nn.Module, args: LoraArguments, task_type: str = "SEQ_CLS") -> nn.Module:
     from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft.utils import get_peft_model_state_dict
 
+    check_lora_combination(args)
     if args.load_in_4bit or args.load_in_8bit:
         # Casts norms to fp32 and enables input gradients, so checkpointed QLoRA gets non-zero gradients.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
         with peft_checkpointing_probe_quiet():
-            return get_peft_model(model, lora_config(model, args, task_type))
+            model = get_peft_model(model, lora_config(model, args, task_type))
     except ValueError as err:
         raise HftuneError(f"LoRA could not be applied ({err}); check --lora_target_modules") from None
+    if args.init_lora_weights in MUTATING_INITS:
+        # B0 A0, kept to turn the trained adapter into one over the original base at save time (save_lora).
+        model.hftune_initial_lora = {
+            name: tensor.detach().clone()
+            for name, tensor in get_peft_model_state_dict(model).items()
+            if ".lora_A." in name or ".lora_B." in name
+        }
+    return model
+
+
+def save_lora(model: nn.Module, folder: str | Path) -> None:
+    """`save_pretrained`; after PiSSA/OLoRA, the adapter rewritten over the original base weights.
+
+    The trained model computes (W - s B0 A0) + s B A = W + s [B | -B0] [A ; A0]: a LoRA of rank 2r with the same
+    scale s. peft's own conversion (`path_initial_model_for_weight_conversion`) drops `modules_to_save`, i.e. the
+    task head, so it is done here.
+    """
+    initial = getattr(model, "hftune_initial_lora", None)
+    if initial is None:
+        model.save_pretrained(folder)
+        return
+    import copy
+
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    state = get_peft_model_state_dict(model)
+    for name in state:
+        if ".lora_A." in name:
+            state[name] = torch.cat([state[name], initial[name]], dim=0)
+        elif ".lora_B." in name:
+            state[name] = torch.cat([state[name], -initial[name]], dim=1)
+    config = copy.deepcopy(model.peft_config["default"])
+    # alpha / r (rsLoRA: alpha / sqrt(r)) must stay the same at twice the rank.
+    config.lora_alpha = config.lora_alpha * (2**0.5 if config.use_rslora else 2)
+    config.r, config.init_lora_weights = 2 * config.r, True
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(folder))
+    save_file({k: v.contiguous() for k, v in state.items()}, Path(folder) / "adapter_model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+
+
+def loraplus_optimizer(model: nn.Module, training_args, ratio: float):
+    """peft's LoRA+ optimizer: the B matrices (and 1-D parameters) at `ratio` x the learning rate, with the
+    optimizer class and settings Trainer would have built from `training_args`."""
+    from peft.optimizers import create_loraplus_optimizer
+    from transformers import Trainer
+
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+    kwargs.pop("lr", None)
+    return create_loraplus_optimizer(
+        model,
+        optimizer_cls,
+        lr=training_args.learning_rate,
+        loraplus_lr_ratio=ratio,
+        loraplus_weight_decay=training_args.weight_decay,
+        weight_decay=training_args.weight_decay,
+        **kwargs,
+    )
 
 
 def quantization_config(
@@ -133,8 +234,38 @@ register(
         apply=apply_lora,
         plan=_plan_lora,
         recipe="sentiment_lora.py",
+        quoted_share="~0.1%",
     )
 )
+# The variants: the same recipe with one flag; each is its own row on the leaderboard.
+for _name, _summary, _flags in (
+    ("dora", "DoRA adapter (LoRA on the direction of each weight plus a trained magnitude)", ("--use_dora",)),
+    ("rslora", "rsLoRA adapter (LoRA scaled by alpha/sqrt(r))", ("--use_rslora",)),
+    (
+        "pissa",
+        "LoRA started from the top singular vectors of each weight (PiSSA)",
+        ("--init_lora_weights", "pissa"),
+    ),
+    (
+        "olora",
+        "LoRA started from the QR decomposition of each weight (OLoRA)",
+        ("--init_lora_weights", "olora"),
+    ),
+    ("loraplus", "LoRA+ (B matrices at 16x the learning rate of A)", ("--loraplus_lr_ratio", "16")),
+):
+    register(
+        Method(
+            name=_name,
+            summary=_summary,
+            artifact="adapter",
+            apply=apply_lora,
+            plan=_plan_lora,
+            recipe="sentiment_lora.py",
+            recipe_flags=_flags,
+            recipe_default=False,
+            quoted_share="~0.1%",
+        )
+    )
 register(
     Method(
         name="qlora",

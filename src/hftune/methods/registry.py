@@ -49,6 +49,7 @@ class Method:
     recipe_default: bool = True  # the method a plain run of `recipe` trains
     quantization: str | None = None  # "4bit" for QLoRA: the memory estimate counts packed weights
     on_leaderboard: bool = True  # trained by `hftune leaderboard --run` by default
+    quoted_share: str | None = None  # trainable share the user's notes quote, shown beside the measured one
     notes: dict[str, Any] = field(default_factory=dict)
 
 

@@ -87,11 +87,14 @@ def run_classification(
     artifact: str | None = None,
     save_artifact: Callable[[torch.nn.Module, str], None] | None = None,
     extra_results: dict | None = None,
+    make_optimizer: Callable[[torch.nn.Module, TrainingArguments], torch.optim.Optimizer] | None = None,
 ) -> dict:
     """Train with Trainer, evaluate every epoch, keep the best model, resume, save, report.
 
     `artifact` defaults to the method's own (see `hftune.methods`); `save_artifact(model, folder)` saves it,
     by default `model.save_pretrained` (a peft adapter or a full model, both as safetensors).
+    `make_optimizer(model, training_args)` replaces the optimizer Trainer would build (LoRA+'s parameter groups);
+    Trainer still builds the learning-rate schedule over it.
     """
     artifact = artifact or get_method(method).artifact
     trainable, total = count_parameters(model)
@@ -111,6 +114,7 @@ def run_classification(
             data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to),
             compute_metrics=classification_metrics(data.label_names),
             callbacks=[memory],
+            optimizers=(make_optimizer(model, training_args) if make_optimizer else None, None),
         )
         run.training_started()
         started = time.perf_counter()
