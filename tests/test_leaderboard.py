@@ -238,3 +238,25 @@ def test_repo_id_reads_the_cached_card(tiny_runs, tmp_path, monkeypatch):
     assert rows[0]["trainable_params"] == results.trainable_params
     with pytest.raises(HftuneError, match="org/not-there is neither a local run folder nor in the HF cache"):
         leaderboard.collect_rows(["org/not-there"])
+
+
+def test_latency_share_and_weights_columns(tiny_runs, tmp_path):
+    """`hftune evaluate --latency` times the run against its base model (and, LoRA being mergeable, the merged
+    copy); the leaderboard shows those ratios, the adapter's weight file size and the share the notes quote."""
+    from hftune.evaluation import evaluate_command
+
+    run = tmp_path / "lora_r2"
+    shutil.copytree(tiny_runs[0] / "lora_r2", run)
+    assert evaluate_command([str(run), "--validation_file", str(tiny_runs[2]), "--latency"]) == 0
+    latency = read_results(run).extra["inference_latency"]
+    for model in ("base", "trained", "merged"):
+        assert latency[f"{model}_batch_1_ms"] > 0 and latency[f"{model}_batch_32_ms"] > 0
+    assert leaderboard.leaderboard_command([str(run), "--output", str(tmp_path / "board")]) == 0
+    row = json.loads((tmp_path / "board" / "leaderboard.json").read_text(encoding="utf-8"))["rows"][0]
+    assert row["latency_1_x"] == latency["trained_batch_1_x_base"]
+    assert row["merged_32_x"] == latency["merged_batch_32_x_base"]
+    assert row["quoted_share"] == "~0.1%"
+    assert row["weights_mb"] == (run / "adapter_model.safetensors").stat().st_size / 2**20
+    header = (tmp_path / "board" / "leaderboard.md").read_text(encoding="utf-8").splitlines()[0]
+    for column in ("notes' share", "weights (MB)", "latency b1 (x base)", "merged b32 (x base)"):
+        assert f" {column} |" in header

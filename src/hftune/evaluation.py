@@ -255,6 +255,77 @@ def predict_labels(
     return np.concatenate(predictions)
 
 
+# --- inference latency relative to the base model ----------------------------------------------------
+
+LATENCY_BATCH_SIZES = (1, 32)
+LATENCY_ROUNDS = 7  # median of 7 rounds; base, trained and merged models take turns within each round
+
+
+def _merged_copy(folder: Path, record: RunRecord) -> Any | None:
+    """The saved adapter loaded again and merged into its base weights, or None where it cannot be merged
+    (prompt and prefix tuning, bottleneck adapters) or is no adapter."""
+    if record.artifact != "adapter":
+        return None
+    model = ARTIFACTS["adapter"].load(folder, [str(label) for label in record.labels or []])
+    try:
+        return model.merge_and_unload()
+    except (AttributeError, ValueError):  # prompt learning has no merge; adapters refuse it (not linear)
+        return None
+
+
+def measure_latency(
+    folder: Path, record: RunRecord, model: Any, tokenizer: Any, texts: list[str], max_length: int
+) -> dict[str, float]:
+    """Forward-pass latency (ms per batch) at batch 1 and 32 of the trained model, its merged copy where the
+    adapter merges, and the plain base model with a new head, plus each ratio to the base.
+
+    Batch 1 is the mean over 32 single texts; every figure is the median of `LATENCY_ROUNDS` rounds, fp32, with
+    the process's CPU thread share.
+    """
+    import torch
+
+    from hftune.models import load_classifier, local_copy_of
+    from hftune.runtime import cpu_threads_per_process
+
+    torch.set_num_threads(cpu_threads_per_process())
+    id2label = dict(enumerate(str(label) for label in record.labels or []))
+    base = load_classifier(local_copy_of(record.base_model_path or record.base_model), id2label)[0]
+    models = {"base": base, "trained": model, "merged": _merged_copy(folder, record)}
+    models = {name: m.eval() for name, m in models.items() if m is not None}
+    sample = (texts * (32 // max(len(texts), 1) + 1))[:32]
+    batches = {
+        size: [
+            tokenizer(sample[i : i + size], truncation=True, max_length=max_length, padding=True,
+                      return_tensors="pt")
+            for i in range(0, 32, size)
+        ]
+        for size in LATENCY_BATCH_SIZES
+    }  # fmt: skip
+    timings: dict[tuple[str, int], list[float]] = {}
+    with torch.no_grad():
+        for m in models.values():  # warm-up: first calls allocate
+            m(**batches[32][0])
+        for _ in range(LATENCY_ROUNDS):
+            for name, m in models.items():
+                for size, inputs in batches.items():
+                    started = time.perf_counter()
+                    for batch in inputs:
+                        m(**batch)
+                    timings.setdefault((name, size), []).append(
+                        1000 * (time.perf_counter() - started) / len(inputs)
+                    )
+    median = {key: float(np.median(values)) for key, values in timings.items()}
+    result: dict[str, float] = {}
+    for name in models:
+        for size in LATENCY_BATCH_SIZES:
+            result[f"{name}_batch_{size}_ms"] = round(median[(name, size)], 3)
+            if name != "base":
+                result[f"{name}_batch_{size}_x_base"] = round(
+                    median[(name, size)] / median[("base", size)], 3
+                )
+    return result
+
+
 def evaluate_classifier(folder: Path, record: RunRecord, args: argparse.Namespace) -> Evaluation:
     from transformers import EvalPrediction
 
@@ -263,14 +334,18 @@ def evaluate_classifier(folder: Path, record: RunRecord, args: argparse.Namespac
     texts, labels, dataset = load_classification_eval_data(args, label_names, seed)
     hyperparameters = record.hyperparameters or {}
     precision = (record.precision or "fp32") if args.precision == "auto" else args.precision
+    max_length = int(hyperparameters.get("max_seq_length") or 128)
     predictions = predict_labels(
-        model,
-        tokenizer,
-        texts,
-        batch_size=args.batch_size,
-        max_length=int(hyperparameters.get("max_seq_length") or 128),
-        precision=precision,
+        model, tokenizer, texts, batch_size=args.batch_size, max_length=max_length, precision=precision
     )
+    if getattr(args, "latency", False):
+        if not hasattr(model, "forward"):
+            raise HftuneError(
+                f"{folder}: a {record.artifact} run has no single forward pass to time; leave out --latency"
+            )
+        record.extra["inference_latency"] = measure_latency(
+            folder, record, model, tokenizer, texts, max_length
+        )
     scores = classification_metrics(label_names)(
         EvalPrediction(predictions=predictions, label_ids=np.asarray(labels))
     )
@@ -410,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
         help="autocast while scoring (default: what the run recorded, so its metrics reproduce)",
+    )
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="also time forward passes at batch 1 and 32 against the plain base model (and, for adapters that "
+        "merge, the merged copy); recorded as results.json's inference_latency",
     )
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) of a repo id")
     parser.add_argument(

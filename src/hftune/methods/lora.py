@@ -215,12 +215,13 @@ def load_lora_classifier(folder: Path, labels: list[str] | None = None):
         return PeftModel.from_pretrained(model, str(folder))
 
 
-def _plan_lora(model: nn.Module, settings: PlanSettings):
+def _plan_lora(model: nn.Module, settings: PlanSettings, **variant):
     # Quantisation is accounted for by the estimate itself; here only the adapter layout matters.
     args = LoraArguments(
         lora_r=settings.lora_r,
         lora_alpha=2 * settings.lora_r,
         lora_target_modules=settings.lora_target_modules,
+        **variant,
     )
     return apply_lora(model, args, task_type="CAUSAL_LM" if settings.causal_lm else "SEQ_CLS")
 
@@ -238,28 +239,23 @@ register(
     )
 )
 # The variants: the same recipe with one flag; each is its own row on the leaderboard.
-for _name, _summary, _flags in (
-    ("dora", "DoRA adapter (LoRA on the direction of each weight plus a trained magnitude)", ("--use_dora",)),
-    ("rslora", "rsLoRA adapter (LoRA scaled by alpha/sqrt(r))", ("--use_rslora",)),
-    (
-        "pissa",
-        "LoRA started from the top singular vectors of each weight (PiSSA)",
-        ("--init_lora_weights", "pissa"),
-    ),
-    (
-        "olora",
-        "LoRA started from the QR decomposition of each weight (OLoRA)",
-        ("--init_lora_weights", "olora"),
-    ),
-    ("loraplus", "LoRA+ (B matrices at 16x the learning rate of A)", ("--loraplus_lr_ratio", "16")),
-):
+for _name, _summary, _flags, _variant in (
+    ("dora", "DoRA adapter (LoRA on the direction of each weight plus a trained magnitude)", ("--use_dora",),
+     {"use_dora": True}),
+    ("rslora", "rsLoRA adapter (LoRA scaled by alpha/sqrt(r))", ("--use_rslora",), {"use_rslora": True}),
+    ("pissa", "LoRA started from the top singular vectors of each weight (PiSSA)", ("--init_lora_weights", "pissa"),
+     {"init_lora_weights": "pissa"}),
+    ("olora", "LoRA started from the QR decomposition of each weight (OLoRA)", ("--init_lora_weights", "olora"),
+     {"init_lora_weights": "olora"}),
+    ("loraplus", "LoRA+ (B matrices at 16x the learning rate of A)", ("--loraplus_lr_ratio", "16"), {}),
+):  # fmt: skip
     register(
         Method(
             name=_name,
             summary=_summary,
             artifact="adapter",
             apply=apply_lora,
-            plan=_plan_lora,
+            plan=lambda model, settings, variant=_variant: _plan_lora(model, settings, **variant),
             recipe="sentiment_lora.py",
             recipe_flags=_flags,
             recipe_default=False,

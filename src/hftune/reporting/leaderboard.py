@@ -74,10 +74,20 @@ COLUMNS: tuple[Column, ...] = (
     Column("exact_match", "exact match", True, _fixed(4), always=False),
     Column("trainable_params", "trainable params", False, lambda v: f"{int(v):,}"),
     Column("trainable_pct", "trainable %", False, lambda v: f"{v:.3g}"),
+    # the share the user's notes quote for the method (registry), beside the measured one
+    Column("quoted_share", "notes' share", None, always=False),
     Column("train_time_s", "train time (s)", False, _fixed(1)),
     Column("samples_per_s", "samples/s", True, _fixed(2)),
     Column("peak_memory_mb", "peak memory (MB)", False, _fixed(0)),
     Column("disk_size_mb", "disk size (MB)", False, _fixed(2)),
+    # the saved weights alone (*.safetensors: the adapter, the BitFit tensors or the whole model)
+    Column("weights_mb", "weights (MB)", False, _fixed(2), always=False),
+    # `hftune evaluate --latency`: forward time over the plain base model's, batch 1 and 32; merged: the adapter
+    # merged into the base weights (LoRA family, IA3), none where it cannot merge
+    Column("latency_1_x", "latency b1 (x base)", False, _fixed(2), always=False),
+    Column("latency_32_x", "latency b32 (x base)", False, _fixed(2), always=False),
+    Column("merged_1_x", "merged b1 (x base)", False, _fixed(2), always=False),
+    Column("merged_32_x", "merged b32 (x base)", False, _fixed(2), always=False),
     # batched greedy generation over the held-out split, wall time per sentence (both generative recipes)
     Column("generation_latency_ms", "generation ms/sentence", False, _fixed(1), always=False),
 )
@@ -102,19 +112,26 @@ def _display_dataset(dataset: Any) -> str:
     return text
 
 
-def _efficiency(record: RunRecord | None) -> dict[str, float | None]:
+def _weights_mb(folder: Path | None) -> float | None:
+    weights = list(folder.glob("*.safetensors")) if folder is not None and folder.is_dir() else []
+    return sum(path.stat().st_size for path in weights) / 2**20 if weights else None
+
+
+def _efficiency(record: RunRecord | None, folder: Path | None = None) -> dict[str, Any]:
     if record is None:  # a Hub repo with a card only
         return dict.fromkeys(
             ("trainable_params", "trainable_pct", "train_time_s", "samples_per_s", "peak_memory_mb",
              "disk_size_mb", "generation_latency_ms")
         )  # fmt: skip
+    latency = record.extra.get("inference_latency") or {}
+    method = METHODS.get(str(record.method))
     trainable, total = _number(record.trainable_params), _number(record.total_params)
     ratio = _number(record.trainable_ratio)
     if ratio is None and trainable is not None and total:
         ratio = trainable / total
-    latency = _number(record.generation_latency_ms)
-    if latency is None:
-        latency = _number(record.metrics.get("generation_latency_ms"))
+    generation_latency = _number(record.generation_latency_ms)
+    if generation_latency is None:
+        generation_latency = _number(record.metrics.get("generation_latency_ms"))
     return {
         "trainable_params": trainable,
         "trainable_pct": None if ratio is None else 100 * ratio,
@@ -122,7 +139,13 @@ def _efficiency(record: RunRecord | None) -> dict[str, float | None]:
         "samples_per_s": _number(record.train_samples_per_second),
         "peak_memory_mb": _number(record.peak_memory_mb),
         "disk_size_mb": _number(record.disk_size_mb),
-        "generation_latency_ms": latency,
+        "generation_latency_ms": generation_latency,
+        "quoted_share": method.quoted_share if method else None,
+        "weights_mb": _weights_mb(folder),
+        "latency_1_x": _number(latency.get("trained_batch_1_x_base")),
+        "latency_32_x": _number(latency.get("trained_batch_32_x_base")),
+        "merged_1_x": _number(latency.get("merged_batch_1_x_base")),
+        "merged_32_x": _number(latency.get("merged_batch_32_x_base")),
     }
 
 
@@ -137,7 +160,7 @@ def rows_from_results(record: RunRecord, run: str, source: str | None = None) ->
         "task": record.task,
         "method": record.method,
         "base_model": record.base_model,
-        **_efficiency(record),
+        **_efficiency(record, Path(source) if source else None),
         "source": source or run,
     }
     rows = [
@@ -497,6 +520,25 @@ def _log_tail(log: Path, lines: int = 3) -> str:
     return " / ".join((errors or text)[-lines:])[:400]
 
 
+def time_inference(method: str, run_dir: Path, args: argparse.Namespace, log: Path) -> bool:
+    """Re-score the saved run in a fresh process (`hftune evaluate`, which reloads it as a user would) and time
+    its forward passes against the base model (`--latency`); appends to the method's log. False on failure."""
+    data = (
+        ["--validation_file", args.validation_file]
+        if args.validation_file
+        else ["--dataset_name", args.dataset_name or str(read_results(run_dir).dataset)]
+    )
+    if args.max_eval_samples:
+        data += ["--max_eval_samples", str(args.max_eval_samples)]
+    # A feature classifier (logistic regression over pooled embeddings) has no single forward pass to time.
+    latency = [] if METHODS[method].artifact == "features" else ["--latency"]
+    command = [sys.executable, "-m", "hftune.cli", "evaluate", str(run_dir), *data, *latency]
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write("\n" + " ".join(command) + "\n\n")
+        handle.flush()
+        return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode == 0
+
+
 def train_methods(args: argparse.Namespace, recipe_args: Sequence[str]) -> tuple[list[Path], dict[str, str]]:
     """Train each method in its own process; returns finished run folders and {method: why it failed}."""
     root = Path(args.output_dir)
@@ -531,6 +573,10 @@ def train_methods(args: argparse.Namespace, recipe_args: Sequence[str]) -> tuple
         if code == 0 and (run_dir / RESULTS_FILE).is_file():
             print(f"hftune: [{number}/{len(args.methods)}] {method}: done in {seconds:.0f} s", flush=True)
             finished.append(run_dir)
+            if not time_inference(method, run_dir, args, log):
+                failures[f"{method} latency"] = (
+                    f"`hftune evaluate --latency` failed: {_log_tail(log)} (log: {log})"
+                )
             continue
         why = f"exit code {code}" if code else f"no {RESULTS_FILE} written"
         failures[method] = f"{why}: {_log_tail(log)} (log: {log})"
