@@ -24,8 +24,9 @@ from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     **CLASSIFIER_DEFAULTS,
-    # LEARNING_RATE_NOTE
-    "learning_rate": 1e-3,
+    # Chosen on a subset of emotion (1,000 training messages, 1 epoch, 500 validation): validation accuracy
+    # 0.374 at 3e-4, 0.494 at 1e-3, 0.574 at 3e-3, 0.634 at 1e-2 (the near-identity start needs a large step).
+    "learning_rate": 1e-2,
     "output_dir": "outputs/sentiment_adapters",
 }
 

@@ -22,7 +22,8 @@ from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     **CLASSIFIER_DEFAULTS,
-    # IA3 trains a few thousand scaling factors (initialised at 1) and the head: a rate well above LoRA's.
+    # IA3 trains a few thousand scaling factors (initialised at 1) and the head: a rate well above LoRA's. On a
+    # subset of emotion (1,000 training messages, 1 epoch, 500 validation): 0.484 at 3e-3, 0.568 at 1e-2, 0.560 at 3e-2.
     "learning_rate": 1e-2,
     "output_dir": "outputs/sentiment_ia3",
 }

@@ -24,8 +24,9 @@ from hftune.training.trainer import finish
 
 RECIPE_DEFAULTS = {
     **CLASSIFIER_DEFAULTS,
-    # LEARNING_RATE_NOTE
-    "learning_rate": 1e-2,
+    # Chosen on a subset of emotion (1,000 training messages, 1 epoch, 500 validation): validation accuracy
+    # 0.278 at 1e-2, 0.380 at 3e-2, 0.364 at 1e-1. Prompt tuning is known to need more data (or a larger model).
+    "learning_rate": 3e-2,
     "output_dir": "outputs/sentiment_prompt",
 }
 

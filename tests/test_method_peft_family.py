@@ -213,9 +213,9 @@ def majority_share(validation_file: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, emotion_dir) -> dict[str, Path]:
-    """One short real run of each method's recipe, with its default learning rate (one thread each)."""
-    root = tmp_path_factory.mktemp("peft_family")
+def trained(request, tmp_path_factory, emotion_dir) -> dict[str, Path]:
+    """One short real run of each method of a group (`request.param`), with its recipe's default learning rate."""
+    root = tmp_path_factory.mktemp(f"peft_family_{request.param}")
     data = [
         "--train_file",
         str(emotion_dir / "train.txt"),
@@ -223,14 +223,13 @@ def trained(tmp_path_factory, emotion_dir) -> dict[str, Path]:
         str(emotion_dir / "validation.txt"),
     ]
     runs = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HFTUNE_CPU_THREADS", "1")
-        for method, (recipe, flags) in TRAINED.items():
-            runs[method] = root / method
-            run_recipe_in_process(recipe, [*data, *RUN_FLAGS, *flags, "--output_dir", str(runs[method])])
+    for method, (recipe, flags) in TRAINED[request.param].items():
+        runs[method] = root / method
+        run_recipe_in_process(recipe, [*data, *RUN_FLAGS, *flags, "--output_dir", str(runs[method])])
     return runs
 
 
+@pytest.mark.parametrize("trained", GROUPS, indirect=True)
 def test_each_short_run_beats_the_majority_class(trained, emotion_dir):
     majority = majority_share(emotion_dir / "validation.txt")
     for method, folder in trained.items():
