@@ -39,10 +39,11 @@ from hftune.jsl.corpus import load_gloss_pairs, load_jsl_corpus
 from hftune.methods import ARTIFACTS
 from hftune.methods.registry import artifact_of_folder
 from hftune.metrics import classification_metrics, gloss_metrics
+from hftune.models import load_classifier, local_copy_of
 from hftune.persistence import verify_weights
 from hftune.reporting.cards import append_eval_result
 from hftune.results import RESULTS_FILE, RunRecord, read_results, write_results
-from hftune.runtime import fail_fast_when_hub_unreachable
+from hftune.runtime import cpu_threads_per_process, fail_fast_when_hub_unreachable
 
 JSL_CORPUS_NAME = "jsl_corpus"
 ARTIFACT_TASKS = {"remote-code": "jsl-seq2seq"}  # every other artefact is a text classifier
@@ -283,9 +284,6 @@ def measure_latency(
     the process's CPU thread share.
     """
     import torch
-
-    from hftune.models import load_classifier, local_copy_of
-    from hftune.runtime import cpu_threads_per_process
 
     torch.set_num_threads(cpu_threads_per_process())
     id2label = dict(enumerate(str(label) for label in record.labels or []))
