@@ -1158,11 +1158,9 @@ def _family_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
         name = rng.choice([word for word in pool if "person" in word.cats])
         kin = lex.person(rng.choice(["兄", "姉", "弟", "妹", "子供", "友達", "先生"]))
         end = ("です" if polite else rng.choice(["", "だ"])) + _statement_end(rng)
-        return rng.choice(["", "私の"]) + kin.surface(rng) + "の名前は" + name.surface(rng) + end, [
-            *kin.gloss,
-            "名前",
-            *name.gloss,
-        ]
+        owner_ja, owner_g = ("私の", ["私"]) if rng.random() < 0.5 else ("", [])
+        japanese = owner_ja + kin.surface(rng) + "の名前は" + name.surface(rng) + end
+        return japanese, [*owner_g, *kin.gloss, "名前", *name.gloss]
     if kind == "family_size":
         end = "です" + _polite_question_end(rng) if polite else "？"
         owner_ja, owner_g = ("あなたの", ["あなた"]) if subject_g else ("", [])

@@ -371,10 +371,10 @@ def output_length_limits(
     """Per input: floor(output_length_ratio * its characters) + output_length_slack (`</s>` not counted)."""
     if attention_mask is None:
         attention_mask = (input_ids != config.pad_token_id).long()
-    characters = (attention_mask.sum(-1) - 1).clamp(min=0)
-    return torch.floor(characters.float() * config.output_length_ratio).long() + int(
-        config.output_length_slack
-    )
+    # float64 on the CPU (MPS has none), as Python, numpy and JavaScript compute it: the ONNX decoders agree
+    characters = (attention_mask.sum(-1) - 1).clamp(min=0).cpu().double()
+    limits = torch.floor(characters * config.output_length_ratio).long() + int(config.output_length_slack)
+    return limits.to(input_ids.device)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -448,11 +448,19 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
     def get_decoder(self) -> JslDecoder:
         return self.decoder
 
-    def generate(self, inputs=None, generation_config=None, logits_processor=None, **kwargs):
-        """`GenerationMixin.generate`, plus the per-input output bound of `config.output_length_ratio` (when set
-        and the input ids are given) as a logits processor."""
+    def generate(
+        self,
+        inputs=None,
+        generation_config=None,
+        logits_processor=None,
+        bound_output_length: bool = True,
+        **kwargs,
+    ):
+        """`GenerationMixin.generate`, plus the per-input output bound of `config.output_length_ratio` (when set,
+        the input ids are given and `bound_output_length` is True) as a logits processor."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        if getattr(self.config, "output_length_ratio", None) is not None and input_ids is not None:
+        ratio = getattr(self.config, "output_length_ratio", None)
+        if bound_output_length and ratio is not None and input_ids is not None:
             limits = output_length_limits(self.config, input_ids, kwargs.get("attention_mask"))
             logits_processor = LogitsProcessorList(
                 [*(logits_processor or []), SourceLengthBound(limits, self.config.eos_token_id)]
