@@ -75,7 +75,8 @@ HELD_OUT_PAIRINGS: tuple[tuple[str, str, str], ...] = (
 )
 
 KANA_SPELLING_RATE = 0.1  # share of lexicon words written all in kana
-FINGERSPELLING_RATE = 0.1  # share of name / loanword slots filled by a fingerspelled word in train
+FINGERSPELLING_RATE = 0.2  # share of name / loanword slots filled by a fingerspelled word in train
+RANDOM_SPELLING_SHARE = 0.6  # of those, random kana words (spelling practice) rather than listed ones
 TEST_FINGERSPELLED = 200  # test sentences holding a held-out fingerspelled word
 MAX_TWO_CLAUSE_CHARACTERS = 50
 MAX_TWO_CLAUSE_GLOSSES = 24
@@ -605,13 +606,44 @@ def _polite_question_end(rng: random.Random) -> str:
     return "か" + rng.choice(["", "？", "。", "?"])
 
 
+# Morae of random spelling practice words: every kana the fingerspelling table has, voiced, p-sound and
+# contracted (キャ) ones included; ッ and ー are added between morae.
+_MORAE = (
+    list("アイウエオカキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤユヨラリルレロワ")
+    + list("ガギグゲゴザジズゼゾダデドバビブベボパピプペポ")
+    + [c + s for c in "キシチニヒミリギジビピ" for s in "ャュョ"]
+    + ["ファ", "フィ", "フェ", "ティ", "ディ", "ウィ", "ウェ", "シェ", "ジェ", "チェ"]
+)
+
+
+def _random_word(rng: random.Random, cat: str) -> _Word:
+    """A random kana string spelled like a name or loanword: 2-4 morae, sometimes with ッ, ー or a final ン.
+    Hundreds of these make the model learn the kana -> sign mapping instead of memorising the listed words."""
+    morae = [rng.choice(_MORAE) for _ in range(rng.randint(2, 4))]
+    position = rng.randrange(1, len(morae))
+    extra = rng.random()
+    if extra < 0.2:
+        morae.insert(position, "ッ")
+    elif extra < 0.4:
+        morae.insert(position, "ー")
+    if rng.random() < 0.2:
+        morae.append("ン")
+    word = "".join(morae)
+    return _Word(gloss=tuple(fingerspell(word)), ja=word, variants=(to_hiragana(word),), cats=(cat,))
+
+
 def _fingerspelled(rng: random.Random, lex: _Lexicon, fixed: Mapping, cat: str) -> _Word | None:
-    """Sometimes (always when drawing held-out words for test) a fingerspelled name or loanword of `cat`."""
+    """Sometimes (always when drawing held-out words for test) a fingerspelled name or loanword of `cat`: in
+    train and validation a listed one or, `RANDOM_SPELLING_SHARE` of the time, a random kana word."""
     pool = fixed.get("fingerspell", "train")
     if rng.random() >= (1.0 if pool == "held_out" else FINGERSPELLING_RATE):
         return None
     candidates = [word for word in lex.fingerspelled[pool] if cat in word.cats]
-    return rng.choice(candidates) if candidates else None
+    if not candidates:
+        return None
+    if pool == "train" and rng.random() < RANDOM_SPELLING_SHARE:
+        return _random_word(rng, cat)
+    return rng.choice(candidates)
 
 
 def _name(rng: random.Random, word: _Word) -> str:
@@ -827,7 +859,7 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
         if kind == "completion" and info.get("owaru") and rng.random() < 0.4:
             stem = conjugate(surface, cls, "masu_stem")
             pred = stem + ("終わりました" if polite else "終わった") + _statement_end(rng)
-        elif kind == "completion" and rng.random() < 0.35:
+        elif kind == "completion" and rng.random() < 0.5:
             # 〜ちゃった / 〜じゃった (〜てしまった): completion
             te = conjugate(surface, cls, "te")
             chau = te[:-1] + ("じゃ" if te.endswith("で") else "ちゃ")
@@ -1154,8 +1186,10 @@ def _family_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
     polite = rng.random() < 0.6
     subject_ja, subject_g = ("私は", ["私"]) if rng.random() < 0.4 else ("", [])
     if kind == "name":  # 妹の名前はユキです: the name is fingerspelled
-        pool = lex.fingerspelled[fixed.get("fingerspell", "train")]
-        name = rng.choice([word for word in pool if "person" in word.cats])
+        pool = fixed.get("fingerspell", "train")
+        name = rng.choice([word for word in lex.fingerspelled[pool] if "person" in word.cats])
+        if pool == "train" and rng.random() < RANDOM_SPELLING_SHARE:
+            name = _random_word(rng, "person")
         kin = lex.person(rng.choice(["兄", "姉", "弟", "妹", "子供", "友達", "先生"]))
         end = ("です" if polite else rng.choice(["", "だ"])) + _statement_end(rng)
         owner_ja, owner_g = ("私の", ["私"]) if rng.random() < 0.5 else ("", [])
