@@ -353,8 +353,9 @@ def chatterbot_sentences(count: int = 500) -> list[str]:
 
 @pytest.mark.slow
 def test_real_sentences_never_run_generation_to_its_cap(default_run):
-    """On 500 real sentences, every translated one ends with the model's own </s> before its output bound
-    (floor(ratio x characters) + slack) and before max_new_tokens; mostly-unknown ones are left untranslated."""
+    """On 500 real sentences, no translated one runs to its cap: each ends (by the model's </s> or the loop stop
+    of the saved output bound) before floor(ratio x characters) + slack tokens and before max_new_tokens;
+    mostly-unknown ones are left untranslated."""
     from hftune.jsl.modeling_jsl import output_length_limits
     from hftune.jsl.translate import translate, unknown_characters
 

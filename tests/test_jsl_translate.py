@@ -15,7 +15,7 @@ import torch
 from hftune.cli import main as hftune_main
 from hftune.jsl.artifacts import load_jsl_model, save_jsl_model
 from hftune.jsl.corpus import load_jsl_corpus
-from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration, output_length_limits
+from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration, output_length_limits, periodic_tail
 from hftune.jsl.onnx_export import output_limits
 from hftune.jsl.train import JslArguments, build_model, build_tokenizer, gloss_tokens, set_generation_config
 from hftune.jsl.translate import translate, unknown_characters
@@ -243,6 +243,10 @@ def test_output_length_is_bounded_by_the_input_length(loaded):
     with torch.inference_mode():
         unbounded = model.generate(**batch, do_sample=False, max_new_tokens=40, bound_output_length=False)
     assert unbounded.shape[1] > out.shape[1]  # the bound, not the model, ended the rows
+    # A looping tail (period 1 or 2 over 6 tokens) ends a row too; no corpus gloss sequence has one.
+    tails = torch.tensor([[5, 7, 5, 7, 5, 7], [9, 9, 9, 9, 9, 9], [5, 7, 5, 7, 5, 8], [1, 2, 3, 1, 2, 3]])
+    assert periodic_tail(tails).tolist() == [True, True, False, False]
+    assert periodic_tail(tails[:, :5]).tolist() == [False] * 4
     settings = {"output_length_ratio": 0.7, "output_length_slack": 1}
     assert output_limits(batch["attention_mask"].numpy(), settings).tolist() == limits.tolist()
     assert output_limits(batch["attention_mask"].numpy(), {"output_length_ratio": None}) is None

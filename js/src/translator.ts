@@ -347,7 +347,11 @@ export class JslTranslatorBase {
         const offset = row * vocabSize;
         let best = this.allowedIds[0];
         let bestScore = logits[offset + best];
-        const bounded = rows[inputRow].length >= limits[inputRow];
+        const done = rows[inputRow];
+        // generate()'s bound: the row's length limit, or a last-6-token tail with period 1 or 2 (a loop)
+        const bounded =
+          done.length >= limits[inputRow] ||
+          (ratio != null && done.length >= 6 && [0, 1, 2, 3].every((i) => done[done.length - 6 + i] === done[done.length - 4 + i]));
         for (let i = 1; i < this.allowedIds.length && !bounded; i++) {
           const id = this.allowedIds[i];
           // Strictly greater: the first maximum wins, as torch.argmax picks it.

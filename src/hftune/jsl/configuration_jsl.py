@@ -43,7 +43,8 @@ class JslSeq2SeqConfig(PretrainedConfig):
             Longest gloss output in tokens (including `</s>`); the default generation length.
         output_length_ratio (`float`, *optional*):
             When set, `generate()` ends each row with `</s>` once it holds `floor(ratio * input characters) +
-            output_length_slack` gloss tokens, so a short or unusual input cannot run on to `max_new_tokens`.
+            output_length_slack` gloss tokens, or once its last 6 tokens repeat one or two glosses, so a short or
+            unusual input cannot run on to `max_new_tokens`.
         output_length_slack (`int`, defaults to 3):
             Gloss tokens allowed on top of `output_length_ratio * input characters`.
         tie_word_embeddings (`bool`, defaults to `True`):

@@ -345,9 +345,22 @@ class JslDecoder(nn.Module):
         )
 
 
+LOOP_WINDOW = 6  # a generated tail of this many tokens repeating one or two glosses ends the output
+
+
+def periodic_tail(generated: torch.Tensor) -> torch.Tensor:
+    """Per row: do the last LOOP_WINDOW tokens repeat with period 1 or 2 (A A A A A A, A B A B A B)? No gloss
+    sequence of the corpus does; an undertrained or out-of-domain decoder that does has lost the input."""
+    if generated.shape[1] < LOOP_WINDOW:
+        return torch.zeros(generated.shape[0], dtype=torch.bool, device=generated.device)
+    tail = generated[:, -LOOP_WINDOW:]
+    return (tail[:, 2:] == tail[:, :-2]).all(dim=1)
+
+
 class SourceLengthBound(LogitsProcessor):
     """Forces `</s>` in a row that already holds `limits[row]` generated tokens (the decoder start token is not
-    counted). `limits` has one entry per input; beams and returned sequences of one input share its limit."""
+    counted) or whose output loops (`periodic_tail`). `limits` has one entry per input; beams and returned
+    sequences of one input share its limit."""
 
     def __init__(self, limits: torch.Tensor, eos_token_id: int) -> None:
         self.limits = limits
@@ -357,7 +370,7 @@ class SourceLengthBound(LogitsProcessor):
         limits = self.limits.to(input_ids.device).repeat_interleave(
             input_ids.shape[0] // self.limits.shape[0]
         )
-        full = limits <= input_ids.shape[1] - 1
+        full = (limits <= input_ids.shape[1] - 1) | periodic_tail(input_ids[:, 1:])
         if full.any():
             scores = scores.clone()
             scores[full] = -math.inf

@@ -312,8 +312,11 @@ class OnnxGreedyDecoder:
             logits.append(step_logits)
             scores = step_logits.copy()
             scores[:, s["suppress_tokens"]] = -np.inf
-            if limits is not None:  # rows that hold their bound's number of tokens must end
+            if limits is not None:  # rows that hold their bound's number of tokens, or loop, must end
                 full = limits <= len(tokens)
+                if len(tokens) >= 6:  # modeling_jsl.periodic_tail
+                    tail = np.stack(tokens[-6:], axis=1)
+                    full |= (tail[:, 2:] == tail[:, :-2]).all(axis=1)
                 scores[full] = -np.inf
                 scores[full, s["eos_token_id"]] = 0.0
             next_ids = np.where(unfinished, scores.argmax(-1), s["pad_token_id"]).astype(np.int64)
