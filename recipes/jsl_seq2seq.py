@@ -34,9 +34,6 @@ RECIPE_DEFAULTS = {
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 128,
     "seed": 42,
-    # Batches of similar lengths: the corpus mixes 3-character greetings with 40-character two-clause
-    # sentences, and random batches spend much of their time on padding
-    "train_sampling_strategy": "group_by_length",
     # Evaluate by generation every epoch, keep the best checkpoint by exact match
     "output_dir": "outputs/jsl_seq2seq",
     "predict_with_generate": True,

@@ -75,12 +75,12 @@ HELD_OUT_PAIRINGS: tuple[tuple[str, str, str], ...] = (
 )
 
 KANA_SPELLING_RATE = 0.1  # share of lexicon words written all in kana
-FINGERSPELLING_RATE = 0.2  # share of name / loanword slots filled by a fingerspelled word in train
-RANDOM_SPELLING_SHARE = 0.6  # of those, random kana words (spelling practice) rather than listed ones
+FINGERSPELLING_RATE = 0.3  # share of name / loanword slots filled by a fingerspelled word in train
+RANDOM_SPELLING_SHARE = 0.75  # of those, random kana words (spelling practice) rather than listed ones
 TEST_FINGERSPELLED = 200  # test sentences holding a held-out fingerspelled word
 MAX_TWO_CLAUSE_CHARACTERS = 50
 MAX_TWO_CLAUSE_GLOSSES = 24
-TEMPLATE_PAIRS = 4000  # generated pairs for train + validation (hand-written ones come on top)
+TEMPLATE_PAIRS = 5000  # generated pairs for train + validation (hand-written ones come on top)
 TEST_PER_PAIRING = 16
 VALIDATION_FRACTION = 0.1
 _MAX_ATTEMPTS = 200_000
