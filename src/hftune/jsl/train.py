@@ -520,8 +520,11 @@ def run_jsl_training(
             for k, v in prediction.metrics.items()
             if not k.endswith(timing)
         }
+        spelling = {}
         if dataset_name == CORPUS_NAME:
-            final_metrics.update(unseen_fingerspelling_metrics(scorer.references, scorer.predictions))
+            spelling = unseen_fingerspelling_metrics(scorer.references, scorer.predictions)
+            if spelling:  # the share is a metric (model-index); how many sentences it counts is not
+                final_metrics["unseen_fingerspelling_exact"] = spelling["unseen_fingerspelling_exact"]
         final_predictions = list(scorer.predictions)
         final_references = list(scorer.references)
         natural = score_natural_split(trainer, scorer, splits, tokenized) if final_split == "test" else None
@@ -572,6 +575,9 @@ def run_jsl_training(
             generation_latency_ms=round(1000 / speed["batched_greedy_sentences_per_second"], 4),
             log_history=trainer.state.log_history,
             evaluations=[{k: v for k, v in natural.items() if k != "predictions"}] if natural else [],
+            extra={"unseen_fingerspelling_sentences": spelling["unseen_fingerspelling_sentences"]}
+            if spelling
+            else {},
         )
         metadata = {
             "seed": training_args.seed,
