@@ -120,7 +120,8 @@ def reference(folder, loaded) -> dict:
     texts = list(load_jsl_corpus("test")["ja"])
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        edge_glosses = translate(EDGE_TEXTS, model, tokenizer)
+        # The JS client translates every input (it has no unknown-share rule): compare with the same setting.
+        edge_glosses = translate(EDGE_TEXTS, model, tokenizer, max_unknown_share=1.0)
     (warning,) = [line.removeprefix("hftune: warning: ") for line in stderr.getvalue().splitlines()]
     unknown = [tokenizer.unk_token_id, tokenizer.eos_token_id]
     ranges, not_unknown = [], {}
