@@ -11,18 +11,26 @@ import pytest
 from hftune.errors import HftuneError
 from hftune.jsl import corpus
 from hftune.jsl.corpus import (
+    _TEMPLATES,
     CORPUS_DIR,
     HELD_OUT_PAIRINGS,
     PARTICLE_GLOSSES,
+    _draw,
+    _lexicon,
     build_corpus,
     conjugate,
+    fingerspell,
+    fingerspelled_runs,
     gloss_classes,
     gloss_vocabulary,
+    held_out_spellings,
     kanji_number,
     load_gloss_pairs,
     load_jsl_corpus,
+    potential_form,
     write_corpus,
 )
+from hftune.jsl.tokenization_jsl import source_tokens
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +45,17 @@ def all_rows(built) -> list[dict]:
 
 def test_shipped_corpus_size_and_columns():
     data = load_jsl_corpus()
-    assert list(data) == ["train", "validation", "test"]
-    sizes = {name: len(split) for name, split in data.items()}
+    assert list(data) == ["train", "validation", "test", "natural"]
+    sizes = {name: len(split) for name, split in data.items() if name != "natural"}
     total = sum(sizes.values())
-    assert total >= 1500
+    assert total >= 4000
     assert 0.75 <= sizes["train"] / total <= 0.85
     assert 0.07 <= sizes["validation"] / total <= 0.13
     assert 0.07 <= sizes["test"] / total <= 0.13
     assert len(gloss_vocabulary(row for split in data.values() for row in split)) >= 200
     assert set(data["train"].column_names) == {"id", "ja", "gloss", "source"}
     assert set(data["train"]["source"]) == {"hand", "template"}
+    assert set(data["natural"]["source"]) == {"natural"} and len(data["natural"]) >= 150
     assert len(load_jsl_corpus("test")) == sizes["test"]
 
 
@@ -79,9 +88,13 @@ def test_test_split_is_compositional(built):
             second in tokens for tokens in seen_tokens
         )
     held_out = {(a, b) for _, a, b in HELD_OUT_PAIRINGS}
+    spelled = held_out_spellings()
     for row in test:
         tokens = set(row["gloss"].split())
-        assert any(a in tokens and b in tokens for a, b in held_out), row
+        runs = fingerspelled_runs(row["gloss"])
+        assert any(a in tokens and b in tokens for a, b in held_out) or any(
+            seq in run for run in runs for seq in spelled
+        ), row
     train_vocab = set(gloss_vocabulary(train))
     assert set(gloss_vocabulary(test)) <= train_vocab
     assert set(gloss_vocabulary(validation)) <= train_vocab
@@ -96,9 +109,14 @@ def test_no_duplicate_japanese_and_one_gloss_per_sentence(all_rows):
 
 
 def test_gloss_order_rules(all_rows):
+    assert_gloss_rules(all_rows)
+
+
+def assert_gloss_rules(rows):
+    """The README's order rules. A two-clause sentence may open with <もし> (condition) before its time word."""
     classes = gloss_classes()
     gloss_token = re.compile(r"^<[^<>\s]+>$")
-    for row in all_rows:
+    for row in rows:
         tokens = row["gloss"].split()
         assert tokens and all(gloss_token.match(token) for token in tokens), row
         assert not set(tokens) & PARTICLE_GLOSSES, row
@@ -114,7 +132,7 @@ def test_gloss_order_rules(all_rows):
         times = [i for i, token in enumerate(tokens) if token in classes["time"]]
         if times:
             before = tokens[: times[-1]]
-            assert all(t in classes["time"] or t in classes["number"] for t in before), (
+            assert all(t in classes["time"] or t in classes["number"] or t == "<もし>" for t in before), (
                 f"time not first: {row}"
             )
 
@@ -219,3 +237,149 @@ def test_main_check_reports_fresh_files(capsys):
     assert corpus.main(["--check"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["total"] >= 1500 and summary["distinct_glosses"] >= 200
+
+
+# --- fingerspelling, natural phrasing, two clauses, the natural split ---------------------------------------
+
+
+def test_fingerspelling_notation():
+    assert fingerspell("ケンジ") == ["指:ケ", "指:ン", "指:ジ"]
+    assert fingerspell("けんじ") == fingerspell("ケンジ")  # the script does not change the signs
+    assert fingerspell("ピョートル") == [
+        "指:ピ",
+        "指:ョ",
+        "指:ー",
+        "指:ト",
+        "指:ル",
+    ]  # small kana, long vowel
+    assert fingerspell("ニック")[1] == "指:ッ"
+    with pytest.raises(ValueError, match="not kana"):
+        fingerspell("佐藤")
+    assert fingerspelled_runs("<明日> <指:ケ> <指:ン> <来る> <指:ピ> <指:ザ>") == [
+        "<指:ケ> <指:ン>",
+        "<指:ピ> <指:ザ>",
+    ]
+
+
+def test_held_out_fingerspelled_words_only_in_test(built):
+    spellings = held_out_spellings()
+    train_like = built["train"] + built["validation"]
+    for sequence, written in spellings.items():
+        assert not any(any(w in row["ja"] for w in written) for row in train_like), sequence
+        assert not any(sequence in run for row in train_like for run in fingerspelled_runs(row["gloss"]))
+    in_test = [
+        row
+        for row in built["test"]
+        if any(seq in run for run in fingerspelled_runs(row["gloss"]) for seq in spellings)
+    ]
+    assert len(in_test) >= 140
+    # Every held-out word is tested, in katakana and in hiragana, and the model has seen each of its kana signs.
+    assert all(any(seq in row["gloss"] for row in in_test) for seq in spellings)
+    assert any(any(w[1] in row["ja"] for w in spellings.values()) for row in in_test)
+    train_glosses = set(gloss_vocabulary(built["train"]))
+    assert all(set(row["gloss"].split()) <= train_glosses for row in in_test)
+
+
+def test_every_template_fingerspells_names_or_loanwords():
+    import random
+
+    rng = random.Random(0)
+    for template, _ in _TEMPLATES:
+        drawn = [_draw(rng, template, {}) for _ in range(400)]
+        spelled = [d for d in drawn if d and fingerspelled_runs(d[1])]
+        assert spelled, f"{template.__name__} never fingerspells"
+    train = load_jsl_corpus("train")
+    spelled = [row for row in train if fingerspelled_runs(row["gloss"])]
+    assert len(spelled) >= 200
+    assert any(
+        "ぁ" <= row["ja"][0] <= "ゟ" and fingerspelled_runs(row["gloss"])[0].startswith("<指:")
+        for row in spelled
+    )
+
+
+def test_natural_phrasing_is_covered(built):
+    rows = built["train"]
+
+    def count(predicate) -> int:
+        return sum(1 for row in rows if predicate(row["ja"], row["gloss"].split()))
+
+    covered = {
+        "ちゃった -> completion": count(
+            lambda ja, g: ("ちゃった" in ja or "じゃった" in ja) and "<終わる>" in g
+        ),
+        "〜てる": count(lambda ja, g: re.search(r"[てで]る", ja) is not None),
+        "なきゃ -> 必要": count(lambda ja, g: "なきゃ" in ja and "<必要>" in g),
+        "じゃない -> 違う": count(lambda ja, g: "じゃない" in ja and "<違う>" in g),
+        "potential (not ことができる)": count(
+            lambda ja, g: (
+                bool({"<できる>", "<無理>"} & set(g))
+                and "こと" not in ja
+                and re.search("[せめけげれ]ない|[せめけげれ]る|[せめけげれ]ます", ja) is not None
+            )
+        ),
+        "って topic": count(lambda ja, g: "って" in ja),
+        "final ね/よ/な": count(lambda ja, g: ja.rstrip("。！!.").endswith(("ね", "よ", "な"))),
+        "plain question の/か": count(lambda ja, g: ja.endswith(("の？", "か？", "か?"))),
+        "full-width digits": count(lambda ja, g: re.search("[０-９]", ja) is not None),
+        "half-width punctuation": count(lambda ja, g: any(c in ja for c in "?!.,")),
+        "spaces": count(lambda ja, g: " " in ja or "\u3000" in ja),
+        "kana-only words": count(lambda ja, g: "がっこう" in ja or "としょかん" in ja or "べんきょう" in ja),
+        "ください / ませんか request": count(
+            lambda ja, g: ("くれませんか" in ja or "ください" in ja) and "<お願い>" in g
+        ),
+        "ませんか invitation": count(
+            lambda ja, g: ja.rstrip("？?。").endswith("ませんか") and g[-1] == "<?>"
+        ),
+        "から": count(lambda ja, g: "<だから>" in g),
+        "けど": count(lambda ja, g: "<しかし>" in g),
+        "たら": count(lambda ja, g: g[0] == "<もし>" and "ら" in ja),
+    }
+    assert {name: n for name, n in covered.items() if n < 10} == {}
+    assert potential_form("話す", "godan") == "話せる" and potential_form("食べる", "ichidan") == "食べられる"
+    assert (
+        potential_form("勉強する", "suru") == "勉強できる"
+        and potential_form("来る", "kuru", casual=True) == "来れる"
+    )
+
+
+def test_every_lexicon_word_has_a_kana_spelling():
+    lex = _lexicon()
+    kanji = re.compile(r"[\u4e00-\u9fff]")
+    words = lex.people + lex.roles + lex.places + lex.nouns + lex.times
+    missing = [
+        w.ja
+        for w in words
+        if kanji.search(w.ja) and not (w.reading or any(not kanji.search(v) for v in w.variants))
+    ]
+    missing += [w.ja for w in lex.verbs + lex.adjectives if kanji.search(w.ja) and not w.extra.get("alt")]
+    assert not missing
+
+
+def test_two_clause_sentences_have_their_documented_order(built):
+    two = [row for row in built["train"] if {"<だから>", "<しかし>", "<もし>"} & set(row["gloss"].split())]
+    assert len(two) >= 300
+    for row in two:
+        tokens = row["gloss"].split()
+        assert len(row["ja"]) <= 50, row
+        if "<もし>" in tokens:
+            assert tokens[0] == "<もし>", row
+        for connective in ("<だから>", "<しかし>"):
+            if connective in tokens:
+                assert 0 < tokens.index(connective) < len(tokens) - 1, row
+
+
+def test_natural_split_follows_the_readme_rules(built):
+    """The checker for the hand-written natural split: every gloss is in the vocabulary (README: the glosses
+    train teaches), the README's order rules hold, and no sentence is in another split."""
+    natural, train = built["natural"], built["train"]
+    assert natural == [dict(row) for row in load_jsl_corpus("natural")]
+    assert len(natural) >= 150 and {row["source"] for row in natural} == {"natural"}
+    vocabulary = set(gloss_vocabulary(train))
+    for row in natural:
+        assert set(row["gloss"].split()) <= vocabulary, row
+        assert set(source_tokens(row["ja"])) <= {c for r in train for c in source_tokens(r["ja"])}, row
+    assert_gloss_rules(natural)
+    others = {row["ja"] for name in ("train", "validation", "test") for row in built[name]}
+    assert not others & {row["ja"] for row in natural}
+    readme = (CORPUS_DIR / "README.md").read_text(encoding="utf-8")
+    assert "## The natural split" in readme

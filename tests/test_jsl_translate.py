@@ -15,8 +15,10 @@ import torch
 from hftune.cli import main as hftune_main
 from hftune.jsl.artifacts import load_jsl_model, save_jsl_model
 from hftune.jsl.corpus import load_jsl_corpus
+from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration, output_length_limits, periodic_tail
+from hftune.jsl.onnx_export import output_limits
 from hftune.jsl.train import JslArguments, build_model, build_tokenizer, gloss_tokens, set_generation_config
-from hftune.jsl.translate import translate
+from hftune.jsl.translate import translate, unknown_characters
 
 TRAIN_PAIRS = 48
 
@@ -90,14 +92,14 @@ def test_empty_unknown_and_over_long_input(loaded, capsys):
     assert glosses[:2] == ["", ""]
     assert glosses[2] and glosses[3] is not None and glosses[4]
     err = capsys.readouterr().err
-    assert "1 input(s) longer than the model's 47 characters were truncated" in err
+    assert "1 input(s) longer than the model's 63 characters were truncated" in err
     assert "input 5, 320 characters" in err
     assert all(is_gloss_string(g, set(gloss_tokens(tokenizer))) for g in glosses)
     # Unknown characters are <unk> on the input side, not an error.
     unknown = tokenizer("𓀀🙂")["input_ids"]
     assert unknown == [tokenizer.unk_token_id] * 2 + [tokenizer.eos_token_id]
-    # Truncation keeps the first characters: the long input translates like its 47-character prefix.
-    assert glosses[4] == translate([long_text[:47]], model, tokenizer)[0]
+    # Truncation keeps the first characters: the long input translates like its 63-character prefix.
+    assert glosses[4] == translate([long_text[:63]], model, tokenizer)[0]
 
 
 def test_bad_generation_settings_are_refused(loaded):
@@ -189,3 +191,62 @@ def test_cli_input_errors(folder, tmp_path, capsys):
     assert "is neither a folder nor a valid Hub repo id" in cli_error(
         ["--model", str(tmp_path / "missing"), "ありがとう"], capsys
     )
+
+
+def test_mostly_unknown_input_is_left_untranslated_and_says_so(folder, loaded, capsys):
+    model, tokenizer = loaded
+    texts = ["ЖЖЖЖ私", "ありがとう", "ЖЖ私は"]
+    assert unknown_characters(texts[0], tokenizer) == (["Ж"] * 4, 0.8)
+    glosses = translate(texts, model, tokenizer)
+    assert glosses[0] == "" and glosses[1] and glosses[2]  # 2 of 4 unknown is not "mostly"
+    err = capsys.readouterr().err
+    assert "1 input(s) are mostly characters the model never saw and were left untranslated" in err
+    assert "(first: input 1, 80% unknown)" in err
+    assert (
+        translate(texts[:1], model, tokenizer, max_unknown_share=1.0)[0] != ""
+    )  # opt out: translated anyway
+
+    result = run_cli(["--model", str(folder), "--json", *texts])
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["input"] for r in records] == texts and [r["gloss"] for r in records] == glosses
+    assert records[0]["untranslated"] is True and records[0]["unknown_characters"] == ["Ж"]
+    assert records[0]["unknown_share"] == 0.8 and records[1]["unknown_share"] == 0.0
+    assert [r["untranslated"] for r in records[1:]] == [False, False]
+    assert "left untranslated" in result.stderr
+    assert run_cli(["--model", str(folder), "--max_unknown_share", "1.5", "x"]).returncode == 2
+
+
+def test_output_length_is_bounded_by_the_input_length(loaded):
+    """An untrained model never stops on its own: every row must end at floor(ratio x characters) + slack
+    tokens, greedy or beam search, and the ONNX decoders compute the same limits."""
+    _, tokenizer = loaded
+    trained, _ = loaded
+    config = trained.config.__class__.from_dict(trained.config.to_dict())
+    config.output_length_ratio, config.output_length_slack = 0.7, 1
+    torch.manual_seed(0)
+    model = JslSeq2SeqForConditionalGeneration(config).eval()
+    model.generation_config = trained.generation_config
+    texts = ["あ", "ありがとう", "きのう図書館に行きました", "わたしはたべます" * 3]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    limits = output_length_limits(config, batch["input_ids"], batch["attention_mask"])
+    characters = [len(tokenizer.tokenize(t)) for t in texts]
+    assert limits.tolist() == [int(0.7 * n) + 1 for n in characters]
+    for kwargs in ({"num_beams": 1}, {"num_beams": 3, "num_return_sequences": 2}):
+        with torch.inference_mode():
+            out = model.generate(**batch, do_sample=False, max_new_tokens=40, **kwargs)
+        rows = out[:, 1:].tolist()
+        per_input = len(rows) // len(texts)
+        for index, row in enumerate(rows):
+            limit = int(limits[index // per_input])
+            assert tokenizer.eos_token_id in row[: limit + 1], (kwargs, index, row)
+    with torch.inference_mode():
+        unbounded = model.generate(**batch, do_sample=False, max_new_tokens=40, bound_output_length=False)
+    assert unbounded.shape[1] > out.shape[1]  # the bound, not the model, ended the rows
+    # A looping tail (period 1 or 2 over 6 tokens) ends a row too; no corpus gloss sequence has one.
+    tails = torch.tensor([[5, 7, 5, 7, 5, 7], [9, 9, 9, 9, 9, 9], [5, 7, 5, 7, 5, 8], [1, 2, 3, 1, 2, 3]])
+    assert periodic_tail(tails).tolist() == [True, True, False, False]
+    assert periodic_tail(tails[:, :5]).tolist() == [False] * 4
+    settings = {"output_length_ratio": 0.7, "output_length_slack": 1}
+    assert output_limits(batch["attention_mask"].numpy(), settings).tolist() == limits.tolist()
+    assert output_limits(batch["attention_mask"].numpy(), {"output_length_ratio": None}) is None

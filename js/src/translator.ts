@@ -44,6 +44,9 @@ export interface WebConfig {
   max_source_length: number;
   max_new_tokens: number;
   suppress_tokens: number[];
+  /** generate()'s bound: a row ends once it holds floor(ratio x input characters) + slack tokens; null: none. */
+  output_length_ratio?: number | null;
+  output_length_slack?: number;
   decoder_layers: number;
   num_heads: number;
   head_dim: number;
@@ -144,6 +147,9 @@ function parseConfig(bytes: Uint8Array, url: string): WebConfig {
     if (!Number.isInteger(c[key])) fail(`has no integer ${key}`);
   }
   if (!Array.isArray(c.suppress_tokens) || !c.suppress_tokens.every(Number.isInteger)) fail("has no suppress_tokens list");
+  if (c.output_length_ratio != null && (typeof c.output_length_ratio !== "number" || !Number.isInteger(c.output_length_slack))) {
+    fail("has an output_length_ratio without an integer output_length_slack");
+  }
   const size = (c.vocab as string[]).length;
   const ids = ["pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "decoder_start_token_id"];
   if (!ids.every((key) => (c[key] as number) >= 0 && (c[key] as number) < size)) fail(`has a special id outside its ${size}-token vocab`);
@@ -327,6 +333,11 @@ export class JslTranslatorBase {
     let past: Record<string, Tensor> = {};
     const rows: number[][] = encoded.map(() => []);
     let active = encoded.map((_, row) => row); // the input row of each row of the current batch
+    // The output bound of generate(): ids.length - 1 characters (without </s>), as hftune computes it.
+    const ratio = c.output_length_ratio;
+    const limits = encoded.map((ids) =>
+      ratio == null ? Infinity : Math.floor(Math.max(ids.length - 1, 0) * ratio) + (c.output_length_slack ?? 0),
+    );
     const vocabSize = c.vocab.length;
     for (let step = 1; ; step++) {
       const logits = outputs.logits.data as Float32Array; // (active rows, 1, vocab)
@@ -336,7 +347,12 @@ export class JslTranslatorBase {
         const offset = row * vocabSize;
         let best = this.allowedIds[0];
         let bestScore = logits[offset + best];
-        for (let i = 1; i < this.allowedIds.length; i++) {
+        const done = rows[inputRow];
+        // generate()'s bound: the row's length limit, or a last-6-token tail with period 1 or 2 (a loop)
+        const bounded =
+          done.length >= limits[inputRow] ||
+          (ratio != null && done.length >= 6 && [0, 1, 2, 3].every((i) => done[done.length - 6 + i] === done[done.length - 4 + i]));
+        for (let i = 1; i < this.allowedIds.length && !bounded; i++) {
           const id = this.allowedIds[i];
           // Strictly greater: the first maximum wins, as torch.argmax picks it.
           if (logits[offset + id] > bestScore) {
@@ -344,6 +360,7 @@ export class JslTranslatorBase {
             best = id;
           }
         }
+        if (bounded) best = c.eos_token_id;
         rows[inputRow].push(best);
         if (best !== c.eos_token_id) {
           keep.push(row);

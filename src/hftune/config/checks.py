@@ -114,6 +114,7 @@ RANGES: dict[str, Range] = {
     "InstructionDataArguments.max_train_samples": Range(1, allow=(None, -1), example="800"),
     "InstructionDataArguments.max_eval_samples": Range(1, allow=(None, -1), example="100"),
     "max_new_tokens": Range(1, example="48"),
+    "max_unknown_share": Range(0, 1, example="0.5"),
     "generation_batch_size": _COUNT,
     # JslArguments
     "d_model": Range(1, example="128"),
@@ -126,6 +127,8 @@ RANGES: dict[str, Range] = {
     # One input character (or gloss) plus </s>.
     "max_source_length": Range(2, example="48"),
     "max_target_length": Range(2, example="16"),
+    "output_length_ratio": Range(0, example="0.8"),
+    "output_length_slack": Range(0, example="3"),
     "attention_max_length": Range(1, example="24"),
     # verbs
     "num_beams": Range(1, example="4"),

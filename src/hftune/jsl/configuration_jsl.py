@@ -41,6 +41,12 @@ class JslSeq2SeqConfig(PretrainedConfig):
             Longest Japanese input in characters (including `</s>`); the tokenizer truncates beyond it.
         max_target_length (`int`, defaults to 32):
             Longest gloss output in tokens (including `</s>`); the default generation length.
+        output_length_ratio (`float`, *optional*):
+            When set, `generate()` ends each row with `</s>` once it holds `floor(ratio * input characters) +
+            output_length_slack` gloss tokens, or once its last 6 tokens repeat one or two glosses, so a short or
+            unusual input cannot run on to `max_new_tokens`.
+        output_length_slack (`int`, defaults to 3):
+            Gloss tokens allowed on top of `output_length_ratio * input characters`.
         tie_word_embeddings (`bool`, defaults to `True`):
             Whether the output projection (`lm_head`) reuses the shared token embedding matrix.
         label_smoothing (`float`, defaults to 0.0):
@@ -88,6 +94,8 @@ class JslSeq2SeqConfig(PretrainedConfig):
         attention_dropout: float = 0.0,
         max_source_length: int = 64,
         max_target_length: int = 32,
+        output_length_ratio: float | None = None,
+        output_length_slack: int = 3,
         tie_word_embeddings: bool = True,
         label_smoothing: float = 0.0,
         init_std: float = 0.02,
@@ -118,6 +126,8 @@ class JslSeq2SeqConfig(PretrainedConfig):
         self.attention_dropout = attention_dropout
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
+        self.output_length_ratio = output_length_ratio
+        self.output_length_slack = output_length_slack
         self.label_smoothing = label_smoothing
         self.init_std = init_std
         self.unk_token_id = unk_token_id

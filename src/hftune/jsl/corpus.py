@@ -32,10 +32,11 @@ if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
 CORPUS_DIR: Path = Path(__file__).resolve().parent / "data"
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
+SPLITS: tuple[str, ...] = ("train", "validation", "test", "natural")
 CORPUS_NAME = "hftune-jsl-corpus"  # how results, cards and leaderboards name the shipped corpus
 LEXICON_FILE = CORPUS_DIR / "lexicon.yaml"
 HAND_WRITTEN_FILE = CORPUS_DIR / "hand_written.tsv"
+NATURAL_FILE = CORPUS_DIR / "natural.tsv"  # the hand-written `natural` split: scored, never trained on
 
 YES_NO_TAG = "<?>"
 QUESTION_GLOSSES = frozenset(
@@ -73,7 +74,13 @@ HELD_OUT_PAIRINGS: tuple[tuple[str, str, str], ...] = (
     ("object-verb", "<日本語>", "<教える>"),
 )
 
-TEMPLATE_PAIRS = 2400  # generated pairs for train + validation (hand-written ones come on top)
+KANA_SPELLING_RATE = 0.1  # share of lexicon words written all in kana
+FINGERSPELLING_RATE = 0.3  # share of name / loanword slots filled by a fingerspelled word in train
+RANDOM_SPELLING_SHARE = 0.75  # of those, random kana words (spelling practice) rather than listed ones
+TEST_FINGERSPELLED = 200  # test sentences holding a held-out fingerspelled word
+MAX_TWO_CLAUSE_CHARACTERS = 50
+MAX_TWO_CLAUSE_GLOSSES = 24
+TEMPLATE_PAIRS = 5000  # generated pairs for train + validation (hand-written ones come on top)
 TEST_PER_PAIRING = 16
 VALIDATION_FRACTION = 0.1
 _MAX_ATTEMPTS = 200_000
@@ -97,7 +104,9 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load_jsl_corpus(split: str | None = None) -> DatasetDict | Dataset:
     """The shipped corpus: a `DatasetDict` of train/validation/test, or one split's `Dataset`.
 
-    Columns: `id`, `ja` (Japanese), `gloss` (space-separated `<gloss>` tokens), `source` (hand | template).
+    Columns: `id`, `ja` (Japanese), `gloss` (space-separated `<gloss>` tokens), `source` (hand | template |
+    natural). `natural` holds hand-written sentences typed the way people type into an app; it is for scoring
+    only, like `test`.
     """
     from datasets import Dataset, DatasetDict
 
@@ -207,6 +216,51 @@ def gloss_vocabulary(rows: Iterable[Mapping[str, str]]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Fingerspelling (指文字): one gloss per kana, see data/README.md
+# ---------------------------------------------------------------------------------------------------------
+
+FINGERSPELLING_PREFIX = "指:"
+_HIRAGANA_TO_KATAKANA = 0x60  # code point distance between ぁ..ゖ and ァ..ヶ
+
+
+def to_katakana(text: str) -> str:
+    return "".join(chr(ord(c) + _HIRAGANA_TO_KATAKANA) if "ぁ" <= c <= "ゖ" else c for c in text)
+
+
+def to_hiragana(text: str) -> str:
+    return "".join(chr(ord(c) - _HIRAGANA_TO_KATAKANA) if "ァ" <= c <= "ヶ" else c for c in text)
+
+
+def fingerspell(kana: str) -> list[str]:
+    """Glosses (without brackets) of a word spelled in JSL fingerspelling: one per kana, written in katakana
+    whichever script the text used. A voiced or p-sound kana (ガ, パ) is one sign (the base hand shape moved
+    sideways or up); a small kana (ッ ャ ュ ョ ァ ...) is its own gloss (the base shape drawn towards the
+    signer); the long-vowel mark ー is its own gloss (a stroke drawn downwards)."""
+    katakana = to_katakana(kana)
+    bad = [c for c in katakana if not ("ァ" <= c <= "ヶ" or c == "ー")]
+    if bad or not katakana:
+        raise ValueError(f"cannot fingerspell {kana!r}: {bad or 'empty'} is not kana")
+    return [FINGERSPELLING_PREFIX + c for c in katakana]
+
+
+def is_fingerspelling(gloss: str) -> bool:
+    """True for a bracketed fingerspelling gloss such as `<指:ケ>`."""
+    return gloss.startswith("<" + FINGERSPELLING_PREFIX)
+
+
+def fingerspelled_runs(gloss: str) -> list[str]:
+    """The maximal runs of fingerspelling glosses in a gloss string, each joined by spaces (one spelled word)."""
+    runs, current = [], []
+    for token in gloss.split() + [""]:
+        if is_fingerspelling(token):
+            current.append(token)
+        elif current:
+            runs.append(" ".join(current))
+            current = []
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Lexicon
 # ---------------------------------------------------------------------------------------------------------
 
@@ -219,11 +273,14 @@ class _Word:
     cats: tuple[str, ...] = ()
     counter: str | None = None
     extra: Mapping = field(default_factory=dict)
+    reading: str | None = None  # the whole word in kana, when its usual spelling holds kanji
 
     def surface(self, rng: random.Random) -> str:
-        # Mostly the usual spelling; sometimes hiragana or an honorific form that signs the same.
+        # Mostly the usual spelling; sometimes hiragana or an honorific form that signs the same, or all kana.
         if self.variants and rng.random() < 0.25:
             return rng.choice(self.variants)
+        if self.reading and rng.random() < KANA_SPELLING_RATE:
+            return self.reading
         return self.ja
 
 
@@ -239,6 +296,7 @@ class _Lexicon:
     clock_prefixes: list[_Word]
     by_gloss: dict[str, _Word]
     raw: dict
+    fingerspelled: dict[str, list[_Word]]  # "train" | "held_out" -> names and loanwords
 
     def category(self, cat: str) -> list[_Word]:
         return [word for word in self.nouns if cat in word.cats]
@@ -250,7 +308,7 @@ class _Lexicon:
         return next(word for word in self.people if word.gloss == (gloss,))
 
 
-def _word(entry: dict) -> _Word:
+def _word(entry: dict, readings: Mapping[str, str]) -> _Word:
     known = {"gloss", "ja", "variants", "cats", "counter"}
     return _Word(
         gloss=tuple(str(entry["gloss"]).split()),
@@ -259,14 +317,30 @@ def _word(entry: dict) -> _Word:
         cats=tuple(entry.get("cats", ())),
         counter=entry.get("counter"),
         extra={key: value for key, value in entry.items() if key not in known},
+        reading=readings.get(str(entry["ja"])),
     )
+
+
+def _fingerspelled_words(pool: Mapping) -> list[_Word]:
+    """Names (category `person`) and loanwords of one pool, glossed letter by letter; the katakana spelling
+    is the usual one, hiragana a variant (people type names either way)."""
+    entries = [{"ja": name, "cats": ["person"]} for name in pool["names"]] + list(pool["loanwords"])
+    return [
+        _Word(
+            gloss=tuple(fingerspell(entry["ja"])),
+            ja=entry["ja"],
+            variants=(to_hiragana(entry["ja"]),),
+            cats=tuple(entry["cats"]),
+        )
+        for entry in entries
+    ]
 
 
 @cache
 def _lexicon() -> _Lexicon:
     raw = yaml.safe_load(LEXICON_FILE.read_text(encoding="utf-8"))
     sections = {
-        name: [_word(entry) for entry in raw[name]]
+        name: [_word(entry, raw["readings"]) for entry in raw[name]]
         for name in ("people", "roles", "places", "nouns", "verbs", "adjectives", "times", "clock_prefixes")
     }
     by_gloss: dict[str, _Word] = {}
@@ -274,7 +348,8 @@ def _lexicon() -> _Lexicon:
     for name in ("people", "places", "nouns", "times", "roles"):
         for word in sections[name]:
             by_gloss.setdefault(" ".join(word.gloss), word)
-    return _Lexicon(**sections, by_gloss=by_gloss, raw=raw)
+    fingerspelled = {pool: _fingerspelled_words(raw["fingerspelled"][pool]) for pool in ("train", "held_out")}
+    return _Lexicon(**sections, by_gloss=by_gloss, raw=raw, fingerspelled=fingerspelled)
 
 
 def gloss_classes() -> dict[str, frozenset[str]]:
@@ -350,6 +425,63 @@ def conjugate(dictionary_form: str, verb_class: str, form: str) -> str:
     return forms[form]
 
 
+_E_ROW = dict(zip("うくぐすつぬぶむる", "えけげせてねべめれ", strict=True))
+
+
+def potential_form(dictionary_form: str, verb_class: str, casual: bool = False) -> str:
+    """The potential verb (an ichidan verb itself): 話す -> 話せる, 食べる -> 食べられる (`casual`: 食べれる),
+    来る -> 来られる, 勉強する -> 勉強できる."""
+    if verb_class == "suru":
+        return dictionary_form[: -len("する")] + "できる"
+    if verb_class == "kuru":
+        return (
+            dictionary_form[:-1] + ("れる" if casual else "られる")
+            if dictionary_form.startswith("来")
+            else ("これる" if casual else "こられる")
+        )
+    if verb_class == "ichidan":
+        return dictionary_form[:-1] + ("れる" if casual else "られる")
+    return dictionary_form[:-1] + _E_ROW[dictionary_form[-1]] + "る"
+
+
+def _verb_clause(surface: str, cls: str, kind: str, polite: bool, connective: str, rng: random.Random) -> str:
+    """A verb predicate that ends a first clause: 行くから, 行ったけど, 行って, 行かなかったら."""
+    if connective == "te":
+        return conjugate(surface, cls, "te")
+    if connective == "tara":
+        return conjugate(surface, cls, "ta" if kind == "past" else "nakatta") + "ら"
+    forms = {"present": ("masu", "dict"), "past": ("mashita", "ta"), "neg": ("masen", "nai")}
+    forms["neg_past"] = ("masendeshita", "nakatta")
+    base = conjugate(surface, cls, forms[kind][0 if polite else 1])
+    if connective == "kara":
+        return base + "から"
+    return base + rng.choice(["けど", "けど", "けれど"] + (["が"] if polite else []))
+
+
+def _adjective_clause(surface: str, cls: str, kind: str, connective: str, rng: random.Random) -> str:
+    """An adjective or noun predicate that ends a first clause: 寒いから, 静かだけど, 寒くて, 暇だったら."""
+    if cls in ("i", "ii"):
+        stem = "よ" if surface == "いい" else surface[:-1]
+        te, tara = (
+            (stem + "くなくて", stem + "くなかったら")
+            if kind == "neg"
+            else (stem + "くて", stem + "かったら")
+        )
+        plain = {"present": surface, "past": stem + "かった", "neg": stem + "くない"}[kind]
+    else:
+        te, tara = (
+            (surface + "じゃなくて", surface + "じゃなかったら")
+            if kind == "neg"
+            else (surface + "で", surface + "だったら")
+        )
+        plain = {"present": surface + "だ", "past": surface + "だった", "neg": surface + "じゃない"}[kind]
+    if connective == "te":
+        return te
+    if connective == "tara":
+        return tara
+    return plain + ("から" if connective == "kara" else rng.choice(["けど", "けれど"]))
+
+
 def _adjective_form(surface: str, adjective_class: str, form: str, polite: bool, rng: random.Random) -> str:
     """A predicate form of an i-adjective (`i`, `ii` for いい), a na-adjective (`na`) or a noun (`noun`)."""
     if adjective_class in ("i", "ii"):
@@ -417,8 +549,10 @@ _VERB_KINDS = {  # kind -> (tense it needs from a time word, weight when drawn a
     "not_yet": ("not_yet", 4),
     "want": ("nonpast", 6),
     "request": ("nonpast", 4),
-    "can": ("nonpast", 3),
-    "cannot": ("nonpast", 3),
+    "invite": ("nonpast", 4),
+    "must": ("nonpast", 3),
+    "can": ("nonpast", 4),
+    "cannot": ("nonpast", 4),
     "yn": ("nonpast", 7),
     "yn_past": ("past", 4),
     "yn_done": ("done", 3),
@@ -435,6 +569,8 @@ _SUFFIX = {
     "not_yet": ["まだ"],
     "want": ["好き"],
     "request": ["お願い"],
+    "invite": ["?"],
+    "must": ["必要"],
     "can": ["できる"],
     "cannot": ["無理"],
     "yn": ["?"],
@@ -448,15 +584,70 @@ _TENSES_FOR = {
     "nonpast": {"future", "any", "habit", "now"},
     "past": {"past", "any", "habit"},
 }
-_QUESTION_KINDS = {"yn", "yn_past", "yn_done", "want_yn", "wh", "wh_past", "why", "why_neg"}
+_QUESTION_KINDS = {"yn", "yn_past", "yn_done", "want_yn", "invite", "wh", "wh_past", "why", "why_neg"}
+# Kinds a first clause may take, by connective (から / けど / て / たら).
+_CLAUSE_KINDS = {
+    "kara": ("present", "past", "neg", "neg_past"),
+    "kedo": ("present", "past", "neg", "neg_past"),
+    "te": ("present",),
+    "tara": ("past", "neg_past"),
+}
+# Gloss order of a two-clause sentence (data/README.md, "Two-clause sentences").
+_CLAUSE_GLOSSES = {"kara": ([], ["だから"]), "kedo": ([], ["しかし"]), "te": ([], []), "tara": (["もし"], [])}
+_EMPTY: Mapping = {}
 
 
 def _statement_end(rng: random.Random) -> str:
-    return rng.choice(["。", "。", ""])
+    # Sentence-final ね / よ only soften a statement: they are not signed (data/README.md).
+    return rng.choice(["。", "。", "", "", "よ", "ね", "よね", "！"])
 
 
 def _polite_question_end(rng: random.Random) -> str:
-    return "か" + rng.choice(["", "？", "。"])
+    return "か" + rng.choice(["", "？", "。", "?"])
+
+
+# Morae of random spelling practice words: every kana the fingerspelling table has, voiced, p-sound and
+# contracted (キャ) ones included; ッ and ー are added between morae.
+_MORAE = (
+    list("アイウエオカキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤユヨラリルレロワ")
+    + list("ガギグゲゴザジズゼゾダデドバビブベボパピプペポ")
+    + [c + s for c in "キシチニヒミリギジビピ" for s in "ャュョ"]
+    + ["ファ", "フィ", "フェ", "ティ", "ディ", "ウィ", "ウェ", "シェ", "ジェ", "チェ"]
+)
+
+
+def _random_word(rng: random.Random, cat: str) -> _Word:
+    """A random kana string spelled like a name or loanword: 2-4 morae, sometimes with ッ, ー or a final ン.
+    Hundreds of these make the model learn the kana -> sign mapping instead of memorising the listed words."""
+    morae = [rng.choice(_MORAE) for _ in range(rng.randint(2, 4))]
+    position = rng.randrange(1, len(morae))
+    extra = rng.random()
+    if extra < 0.2:
+        morae.insert(position, "ッ")
+    elif extra < 0.4:
+        morae.insert(position, "ー")
+    if rng.random() < 0.2:
+        morae.append("ン")
+    word = "".join(morae)
+    return _Word(gloss=tuple(fingerspell(word)), ja=word, variants=(to_hiragana(word),), cats=(cat,))
+
+
+def _fingerspelled(rng: random.Random, lex: _Lexicon, fixed: Mapping, cat: str) -> _Word | None:
+    """Sometimes (always when drawing held-out words for test) a fingerspelled name or loanword of `cat`: in
+    train and validation a listed one or, `RANDOM_SPELLING_SHARE` of the time, a random kana word."""
+    pool = fixed.get("fingerspell", "train")
+    if rng.random() >= (1.0 if pool == "held_out" else FINGERSPELLING_RATE):
+        return None
+    candidates = [word for word in lex.fingerspelled[pool] if cat in word.cats]
+    if not candidates:
+        return None
+    if pool == "train" and rng.random() < RANDOM_SPELLING_SHARE:
+        return _random_word(rng, cat)
+    return rng.choice(candidates)
+
+
+def _name(rng: random.Random, word: _Word) -> str:
+    return word.surface(rng) + rng.choice(["さん", "さん", "くん", "ちゃん", ""])
 
 
 def _time_phrase(
@@ -491,8 +682,13 @@ def _time_phrase(
     return word.surface(rng) + rng.choice(particles), list(word.gloss)
 
 
-def _subject(rng: random.Random, lex: _Lexicon, question: bool) -> tuple[str, list[str]]:
+def _subject(
+    rng: random.Random, lex: _Lexicon, question: bool, fixed: Mapping = _EMPTY
+) -> tuple[str, list[str]]:
     """A topic person: questions ask about others (not 私), statements are not about あなた."""
+    name = _fingerspelled(rng, lex, fixed, "person")
+    if name is not None:
+        return _name(rng, name), list(name.gloss)
     unsuitable = {"私", "私たち"} if question else {"あなた"}
     choices = [w for w in lex.people if w.gloss[0] not in unsuitable]
     word = rng.choice(choices)
@@ -511,9 +707,13 @@ def _verb_kind(rng: random.Random, verb: _Word, fixed: Mapping) -> str | None:
             continue
         if kind in ("can", "cannot") and not info.get("can"):
             continue
-        if kind == "request" and info.get("request") is False:
+        if kind in ("request", "invite", "must") and info.get("request") is False:
             continue
-        if "subject" in fixed and kind in ("request", "want", "want_yn"):
+        if kind == "invite" and not info.get("companion"):
+            continue
+        if "clause" in fixed and kind not in _CLAUSE_KINDS[fixed["clause"]]:
+            continue
+        if "subject" in fixed and kind in ("request", "invite", "want", "want_yn"):
             continue
         if "wh_slot" in fixed and kind not in ("wh", "wh_past"):
             continue
@@ -533,9 +733,9 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
     kind = _verb_kind(rng, verb, fixed)
     if kind is None:
         return None
-    tense = _VERB_KINDS[kind][0]
+    tense = "nonpast" if fixed.get("clause") == "tara" else _VERB_KINDS[kind][0]
     question = kind in _QUESTION_KINDS
-    polite = rng.random() < 0.6 or kind == "request"
+    polite = rng.random() < 0.6 and fixed.get("clause") not in ("te", "tara")
 
     # Which slot a wh-question asks about.
     wh_slot = None
@@ -557,17 +757,18 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
             subject_ja, subject_g = word.surface(rng) + "は", list(word.gloss)
         elif kind == "want_yn" and rng.random() < 0.4:
             subject_ja, subject_g = "あなたは", ["あなた"]
-    elif kind != "request" and ("subject" in fixed or rng.random() < 0.7):
+    elif kind not in ("request", "invite") and ("subject" in fixed or rng.random() < 0.7):
         if "subject" in fixed:
             word = lex.person(fixed["subject"])
             subject_ja, subject_g = word.surface(rng), list(word.gloss)
         else:
-            subject_ja, subject_g = _subject(rng, lex, question)
-        subject_ja += "は"
+            subject_ja, subject_g = _subject(rng, lex, question, fixed)
+        # Casual speech marks the topic with って as often as with は: both are the topic, unsigned.
+        subject_ja += "って" if not polite and rng.random() < 0.2 else "は"
 
     # Time.
     time_ja, time_g = "", []
-    if wh_slot != "time" and ("time" in fixed or rng.random() < 0.5):
+    if wh_slot != "time" and not fixed.get("no_time") and ("time" in fixed or rng.random() < 0.5):
         phrase = _time_phrase(
             rng, lex, tense, bool(info.get("clock")), fixed.get("time"), topic=not subject_ja
         )
@@ -611,6 +812,9 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
             return None
         if "object" in fixed or rng.random() < 0.9:
             word = rng.choice(candidates)
+            spelled = None if "object" in fixed else _fingerspelled(rng, lex, fixed, info["obj"])
+            if spelled is not None:
+                word = spelled
             object_ja, object_g = word.surface(rng) + info["particle"], list(word.gloss)
             if (
                 info.get("count")
@@ -627,7 +831,17 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
     cls = info["class"]
     adverb = ""
     q_gloss: list[str] = []
-    if kind == "present":
+    if "clause" in fixed:
+        pred = _verb_clause(surface, cls, kind, polite, fixed["clause"], rng)
+    elif kind == "present" and rng.random() < 0.2:
+        # 〜ている / 〜てる / 〜ています: aspect, not signed on its own
+        te = conjugate(surface, cls, "te")
+        pred = (
+            te
+            + (rng.choice(["います", "いる"]) if polite else rng.choice(["る", "る", "いる"]))
+            + _statement_end(rng)
+        )
+    elif kind == "present":
         pred = conjugate(surface, cls, "masu" if polite else "dict") + _statement_end(rng)
     elif kind == "past":
         pred = conjugate(surface, cls, "mashita" if polite else "ta") + _statement_end(rng)
@@ -645,6 +859,11 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
         if kind == "completion" and info.get("owaru") and rng.random() < 0.4:
             stem = conjugate(surface, cls, "masu_stem")
             pred = stem + ("終わりました" if polite else "終わった") + _statement_end(rng)
+        elif kind == "completion" and rng.random() < 0.5:
+            # 〜ちゃった / 〜じゃった (〜てしまった): completion
+            te = conjugate(surface, cls, "te")
+            chau = te[:-1] + ("じゃ" if te.endswith("で") else "ちゃ")
+            pred = chau + ("いました" if polite else "った") + _statement_end(rng)
         else:
             adverb = "もう"
             pred = conjugate(surface, cls, "mashita" if polite else "ta")
@@ -660,10 +879,34 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
         else:
             pred = tai + ("です" + _polite_question_end(rng) if polite else "？")
     elif kind == "request":
-        pred = conjugate(surface, cls, "te") + "ください" + _statement_end(rng)
+        ending = rng.choice(
+            ["ください", "ください", "くださいね", "くれませんか", "もらえませんか", "くれる？", "ね", ""]
+        )
+        pred = (
+            conjugate(surface, cls, "te")
+            + ending
+            + ("" if ending.endswith(("か", "？")) else _statement_end(rng))
+        )
+    elif kind == "invite":  # 〜ませんか / 〜ない？: an invitation, signed as a yes/no question
+        if polite:
+            pred = conjugate(surface, cls, "masen") + _polite_question_end(rng)
+        else:
+            pred = conjugate(surface, cls, "nai") + rng.choice(["？", "?"])
+    elif kind == "must":  # 〜なきゃ / 〜なければならない: 必要
+        endings = (
+            ["なければなりません", "ないといけません"] if polite else ["なきゃ", "なきゃいけない", "なくちゃ"]
+        )
+        pred = conjugate(surface, cls, "nai")[: -len("ない")] + rng.choice(endings) + _statement_end(rng)
     elif kind in ("can", "cannot"):
-        dekiru = {"can": ("できます", "できる"), "cannot": ("できません", "できない")}[kind]
-        pred = conjugate(surface, cls, "dict") + "ことが" + dekiru[0 if polite else 1] + _statement_end(rng)
+        if rng.random() < 0.5:  # potential form: 話せる, 読めない, 食べられます
+            potential = potential_form(surface, cls, casual=not polite and rng.random() < 0.3)
+            form = {"can": ("masu", "dict"), "cannot": ("masen", "nai")}[kind][0 if polite else 1]
+            pred = conjugate(potential, "ichidan", form) + _statement_end(rng)
+        else:
+            dekiru = {"can": ("できます", "できる"), "cannot": ("できません", "できない")}[kind]
+            pred = (
+                conjugate(surface, cls, "dict") + "ことが" + dekiru[0 if polite else 1] + _statement_end(rng)
+            )
     elif kind in ("yn", "yn_past"):
         if polite:
             pred = conjugate(surface, cls, "masu" if kind == "yn" else "mashita") + _polite_question_end(rng)
@@ -722,8 +965,12 @@ def _verb_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[s
     return japanese, glosses
 
 
-def _topic(rng: random.Random, lex: _Lexicon, group: str) -> tuple[str, list[str]] | None:
+def _topic(rng: random.Random, lex: _Lexicon, group: str, fixed: Mapping) -> tuple[str, list[str]] | None:
     """A noun phrase an adjective of `group` can describe: maybe with a pointing sign or a possessor."""
+    if group in ("person", "food", "drink", "thing", "activity"):
+        spelled = _fingerspelled(rng, lex, fixed, group)
+        if spelled is not None:
+            return (_name(rng, spelled) if group == "person" else spelled.surface(rng)), list(spelled.gloss)
     groups = lex.raw["topic_groups"]
     if group in groups:
         word = lex.by_gloss[rng.choice(groups[group])]
@@ -744,15 +991,24 @@ def _adjective_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tu
     if "adjective" in fixed:
         adjectives = [a for a in adjectives if a.gloss[0] == fixed["adjective"]]
     adj = rng.choice(adjectives)
-    group = rng.choice(adj.extra["topics"])
+    groups = [g for g in adj.extra["topics"] if not (fixed.get("no_time") and g == "weather_time")]
+    if not groups:
+        return None
+    group = rng.choice(groups)
     kinds = {"present": 6, "past": 3, "neg": 4, "neg_past": 2, "yn": 3, "yn_past": 1, "dou": 1, "dou_past": 1}
     if group in ("feeling", "body", "weather_time", "weather"):
         kinds = {k: w for k, w in kinds.items() if not k.startswith("dou")}
     if "kinds" in fixed:
         kinds = {k: w for k, w in kinds.items() if k in fixed["kinds"]}
+    if "clause" in fixed:
+        kinds = (
+            {"present": 3, "past": 1, "neg": 1}
+            if fixed["clause"] in ("kara", "kedo")
+            else {"present": 3, "neg": 1}
+        )
     kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
     tense = "past" if kind.endswith("past") else "nonpast"
-    polite = rng.random() < 0.6
+    polite = rng.random() < 0.6 and "clause" not in fixed
     question = kind.startswith(("yn", "dou"))
 
     time_ja, time_g = "", []
@@ -780,10 +1036,10 @@ def _adjective_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tu
         elif group == "weather":
             topic_ja, topic_g = "天気が", ["天気"]
     else:
-        topic = _topic(rng, lex, group)
+        topic = _topic(rng, lex, group, fixed)
         if topic is None:
             return None
-        topic_ja, topic_g = topic[0] + "は", topic[1]
+        topic_ja, topic_g = topic[0] + ("って" if not polite and rng.random() < 0.25 else "は"), topic[1]
 
     # Only passing states take a time word: 今日は忙しい, not 今日は親切.
     timed = group in ("weather_place", "weather", "activity", "feeling") or adj.gloss[0] in (
@@ -791,7 +1047,7 @@ def _adjective_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tu
         "暇",
         "元気",
     )
-    if timed and rng.random() < 0.35:
+    if timed and not fixed.get("no_time") and rng.random() < 0.35:
         words = [
             w for w in lex.times if w.extra["tense"] in _TENSES_FOR[tense] and w.extra["tense"] != "habit"
         ]
@@ -813,11 +1069,16 @@ def _adjective_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tu
     cls = adj.extra["class"]
     if cls == "ii" and surface != "いい":
         cls = "i"
-    pred = _adjective_form(surface, cls, kind, polite, rng)
-    if not question:
-        pred += _statement_end(rng)
-    elif polite:
-        pred = pred[:-1] + _polite_question_end(rng)
+    if "clause" in fixed:
+        pred = _adjective_clause(surface, cls, kind, fixed["clause"], rng)
+    else:
+        pred = _adjective_form(surface, cls, kind, polite, rng)
+        if not question:
+            # な after a plain i-adjective (寒いな, 楽しかったな): a musing, not signed
+            casual = cls in ("i", "ii") and not polite and rng.random() < 0.15
+            pred += "な" if casual else _statement_end(rng)
+        elif polite:
+            pred = pred[:-1] + _polite_question_end(rng)
     intensifier_ja, intensifier_g = "", []
     if kind in ("present", "past", "yn") and rng.random() < 0.2:
         intensifier_ja, intensifier_g = "とても", ["とても"]
@@ -831,14 +1092,16 @@ def _copula_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
     polite = rng.random() < 0.6
     question = kind in ("yn", "wh")
     if rng.random() < 0.3:  # これは本です: pointing at a thing
-        word = rng.choice(lex.category("thing") + lex.category("food"))
-        topic_ja, topic_g = rng.choice(["これ", "それ", "あれ"]) + "は", ["IX"]
+        word = _fingerspelled(rng, lex, fixed, "thing") or rng.choice(
+            lex.category("thing") + lex.category("food")
+        )
+        topic_ja, topic_g = rng.choice(["これ", "それ", "あれ"]) + rng.choice(["は", "は", "って"]), ["IX"]
         pred_word = word
     else:
         if rng.random() < 0.25 or kind == "wh":
             topic_ja, topic_g = rng.choice(["この人", "その人", "あの人"]) + "は", ["IX", "人"]
         else:
-            topic_ja, topic_g = _subject(rng, lex, question)
+            topic_ja, topic_g = _subject(rng, lex, question, fixed)
             topic_ja += "は"
         pred_word = rng.choice(lex.roles)
         if topic_g[0] in ("彼", "彼女", "IX") and rng.random() < 0.3:
@@ -848,7 +1111,7 @@ def _copula_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
         if topic_g == ["IX"]:
             return topic_ja + "何" + ("です" + _polite_question_end(rng) if polite else "？"), ["IX", "何"]
         return topic_ja + "誰" + ("です" + _polite_question_end(rng) if polite else "？"), topic_g + ["誰"]
-    pred = _adjective_form(pred_word.ja, "noun", kind, polite, rng)
+    pred = _adjective_form(pred_word.surface(rng), "noun", kind, polite, rng)
     if not question:
         pred += _statement_end(rng)
     elif polite:
@@ -875,6 +1138,8 @@ def _existence_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tu
     place_gloss = rng.choice(list(lex.raw["existence"]))
     place = lex.by_gloss[place_gloss]
     thing = lex.by_gloss[rng.choice(lex.raw["existence"][place_gloss])]
+    if place_gloss in ("家", "部屋"):
+        thing = _fingerspelled(rng, lex, fixed, "exist_home") or thing
     animate = thing.gloss[0] in lex.raw["animate"]
     verb = "いる" if animate else "ある"
     kind = rng.choices(
@@ -917,9 +1182,19 @@ def _family_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
         [w for w in lex.people if w.extra.get("family") and w.gloss[0] not in ("父", "母", "夫", "妻")]
         + lex.category("kin")
     )
-    kind = rng.choice(["count", "count", "yn", "neg", "how_many", "family_size"])
+    kind = rng.choice(["count", "count", "yn", "neg", "how_many", "family_size", "name"])
     polite = rng.random() < 0.6
     subject_ja, subject_g = ("私は", ["私"]) if rng.random() < 0.4 else ("", [])
+    if kind == "name":  # 妹の名前はユキです: the name is fingerspelled
+        pool = fixed.get("fingerspell", "train")
+        name = rng.choice([word for word in lex.fingerspelled[pool] if "person" in word.cats])
+        if pool == "train" and rng.random() < RANDOM_SPELLING_SHARE:
+            name = _random_word(rng, "person")
+        kin = lex.person(rng.choice(["兄", "姉", "弟", "妹", "子供", "友達", "先生"]))
+        end = ("です" if polite else rng.choice(["", "だ"])) + _statement_end(rng)
+        owner_ja, owner_g = ("私の", ["私"]) if rng.random() < 0.5 else ("", [])
+        japanese = owner_ja + kin.surface(rng) + "の名前は" + name.surface(rng) + end
+        return japanese, [*owner_g, *kin.gloss, "名前", *name.gloss]
     if kind == "family_size":
         end = "です" + _polite_question_end(rng) if polite else "？"
         owner_ja, owner_g = ("あなたの", ["あなた"]) if subject_g else ("", [])
@@ -956,14 +1231,14 @@ def _preference_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> t
         if rng.random() < 0.5:
             subject_ja, subject_g = ("あなたは", ["あなた"]) if question else ("私は", ["私"])
     elif rng.random() < 0.6:
-        subject_ja, subject_g = _subject(rng, lex, question)
-        subject_ja += "は"
+        subject_ja, subject_g = _subject(rng, lex, question, fixed)
+        subject_ja += "って" if not polite and rng.random() < 0.2 else "は"
     cat, predicate = {
         "like": ("like", rng.choice(["好き", "好き", "嫌い"])),
         "want": ("want", "欲しい"),
         "skill": ("skill", rng.choice(["できる", "上手", "下手"])),
     }[frame]
-    noun = rng.choice(lex.category(cat))
+    noun = _fingerspelled(rng, lex, fixed, cat) or rng.choice(lex.category(cat))
     if kind == "wh" and predicate in ("下手", "嫌い"):
         kind = "present"
     if kind == "wh":
@@ -1002,7 +1277,9 @@ def _number_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
     frame = rng.choice(["price", "price", "age", "age", "clock"])
     polite = rng.random() < 0.6
     if frame == "price":
-        word = rng.choice([w for w in lex.category("buy") if "thing" in w.cats or "food" in w.cats])
+        word = _fingerspelled(rng, lex, fixed, "buy") or rng.choice(
+            [w for w in lex.category("buy") if "thing" in w.cats or "food" in w.cats]
+        )
         if rng.random() < 0.7:
             topic_ja, topic_g = rng.choice(["この", "その", "あの"]) + word.ja + "は", ["IX", *word.gloss]
         else:
@@ -1022,7 +1299,9 @@ def _number_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
         end = ("でした" if past else "です") if polite else ("だった" if past else "")
         return topic_ja + text + "円" + end + _statement_end(rng), topic_g + glosses + ["円"]
     if frame == "age":
-        word = rng.choice([w for w in lex.people if w.gloss[0] not in ("私たち",)])
+        word = _fingerspelled(rng, lex, fixed, "person") or rng.choice(
+            [w for w in lex.people if w.gloss[0] not in ("私たち",)]
+        )
         if word.gloss[0] in ("子供", "弟", "妹"):
             age = rng.randint(1, 15)
         elif word.gloss[0] in ("祖父", "祖母"):
@@ -1054,8 +1333,30 @@ def _number_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple
     )
 
 
+def _two_clause_sentence(rng: random.Random, lex: _Lexicon, fixed: Mapping) -> tuple[str, list[str]] | None:
+    """Two clauses joined by から (reason), けど (contrast), て (sequence) or たら (condition); only the first
+    may carry a time word, so time stays first. Glosses: data/README.md, "Two-clause sentences"."""
+    connective = rng.choice(list(_CLAUSE_KINDS))
+    first_template = _verb_sentence if rng.random() < 0.75 else _adjective_sentence
+    first = first_template(rng, lex, {**fixed, "clause": connective})
+    second_template = rng.choices(
+        [_verb_sentence, _adjective_sentence, _copula_sentence, _preference_sentence], weights=[6, 3, 1, 1]
+    )[0]
+    second = second_template(rng, lex, {**fixed, "no_time": True})
+    if first is None or second is None:
+        return None
+    joiner = rng.choice(["", "、"] if connective != "kedo" else ["", "、", "、", " "])
+    japanese = first[0] + joiner + second[0]
+    before, after = _CLAUSE_GLOSSES[connective]
+    glosses = before + first[1] + after + second[1]
+    if len(japanese) > MAX_TWO_CLAUSE_CHARACTERS or len(glosses) > MAX_TWO_CLAUSE_GLOSSES:
+        return None
+    return japanese, glosses
+
+
 _TEMPLATES = (
     (_verb_sentence, 60),
+    (_two_clause_sentence, 24),
     (_adjective_sentence, 16),
     (_copula_sentence, 6),
     (_existence_sentence, 6),
@@ -1101,14 +1402,14 @@ def _held_out_in(gloss: str) -> list[tuple[str, str]]:
     return [(a, b) for _, a, b in HELD_OUT_PAIRINGS if a in tokens and b in tokens]
 
 
-def _load_hand_written() -> list[tuple[str, str]]:
+def _load_hand_written(path: Path = HAND_WRITTEN_FILE) -> list[tuple[str, str]]:
     pairs = []
-    for number, line in enumerate(HAND_WRITTEN_FILE.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         japanese, gloss = line.split("\t")
         if not gloss.strip():
-            raise ValueError(f"{HAND_WRITTEN_FILE.name} line {number} has no gloss")
+            raise ValueError(f"{path.name} line {number} has no gloss")
         pairs.append((japanese.strip(), " ".join(gloss.split())))
     return pairs
 
@@ -1134,9 +1435,43 @@ class _PairSet:
         return True
 
 
+_FULL_WIDTH_DIGITS = str.maketrans("0123456789", "０１２３４５６７８９")
+_HALF_WIDTH_PUNCTUATION = str.maketrans({"？": "?", "！": "!", "。": ".", "、": ","})
+
+
+def _typed(rng: random.Random, japanese: str) -> str:
+    """How people type: full-width digits, half-width punctuation, a space where a comma would go. The
+    tokenizer's NFKC and whitespace rules make these the same input characters; the corpus shows them anyway."""
+    if rng.random() < 0.3:
+        japanese = japanese.translate(_FULL_WIDTH_DIGITS)
+    if rng.random() < 0.12:
+        japanese = japanese.translate(_HALF_WIDTH_PUNCTUATION)
+    if "、" in japanese and rng.random() < 0.15:
+        japanese = japanese.replace("、", rng.choice([" ", "　"]), 1)
+    return japanese
+
+
 def _draw(rng: random.Random, template, fixed: Mapping) -> tuple[str, str] | None:
     result = template(rng, _lexicon(), fixed)
-    return None if result is None else (result[0], _bracket(result[1]))
+    return None if result is None else (_typed(rng, result[0]), _bracket(result[1]))
+
+
+@cache
+def held_out_spellings() -> dict[str, tuple[str, ...]]:
+    """Held-out fingerspelled words: their gloss run -> the spellings (katakana, hiragana) no train or
+    validation sentence may contain."""
+    return {
+        " ".join(_bracket(list(w.gloss)).split()): (w.ja, *w.variants)
+        for w in _lexicon().fingerspelled["held_out"]
+    }
+
+
+def _holds_held_out_word(japanese: str, gloss: str) -> bool:
+    runs = fingerspelled_runs(gloss)
+    return any(
+        any(spelling in japanese for spelling in spellings) or any(seq in run for run in runs)
+        for seq, spellings in held_out_spellings().items()
+    )
 
 
 def _choose_validation(rng: random.Random, pool: list[dict], size: int) -> tuple[list[dict], list[dict]]:
@@ -1160,17 +1495,26 @@ def _choose_validation(rng: random.Random, pool: list[dict], size: int) -> tuple
 def build_corpus(seed: int = 0) -> dict[str, list[dict]]:
     """Regenerate the corpus: {"train": [...], "validation": [...], "test": [...]}, rows with id/ja/gloss/source.
 
-    Deterministic in `seed`. Test holds every row with a held-out pairing (`HELD_OUT_PAIRINGS`) and only
-    glosses and characters that train also has; train and validation never contain a held-out pairing.
+    Deterministic in `seed`. Test holds every row with a held-out pairing (`HELD_OUT_PAIRINGS`) or a held-out
+    fingerspelled word, and only glosses and characters that train also has; train and validation never
+    contain either. `natural` is `data/natural.tsv` as written, and no other split repeats one of its sentences.
     """
     rng = random.Random(seed)
     seen = _PairSet()
     test: list[dict] = []
     pool: list[dict] = []
+    natural = []
+    for japanese, gloss in _load_hand_written(NATURAL_FILE):
+        if not seen.add(japanese, gloss):
+            raise ValueError(f"{NATURAL_FILE.name}: {japanese!r} is written twice")
+        natural.append({"ja": japanese, "gloss": gloss, "source": "natural"})
 
     for japanese, gloss in _load_hand_written():
+        if any(row["ja"] == japanese for row in natural):
+            raise ValueError(f"{japanese!r} is in both {HAND_WRITTEN_FILE.name} and {NATURAL_FILE.name}")
         if seen.add(japanese, gloss):
-            (test if _held_out_in(gloss) else pool).append({"ja": japanese, "gloss": gloss, "source": "hand"})
+            held_out = _held_out_in(gloss) or _holds_held_out_word(japanese, gloss)
+            (test if held_out else pool).append({"ja": japanese, "gloss": gloss, "source": "hand"})
 
     for _, first, second in HELD_OUT_PAIRINGS:
         template, fixed = _HELD_OUT_RECIPES[(first, second)]
@@ -1188,12 +1532,23 @@ def build_corpus(seed: int = 0) -> dict[str, list[dict]]:
             raise RuntimeError(f"only {made} distinct test sentences for the pairing {first} {second}")
 
     templates, weights = zip(*_TEMPLATES, strict=True)
+    made = 0
+    for _ in range(_MAX_ATTEMPTS):  # every template, with held-out names and loanwords in its slots
+        if made == TEST_FINGERSPELLED:
+            break
+        drawn = _draw(rng, templates[made % len(templates)], {"fingerspell": "held_out"})
+        if drawn is None or _held_out_in(drawn[1]) or not _holds_held_out_word(*drawn):
+            continue
+        if seen.add(*drawn):
+            test.append({"ja": drawn[0], "gloss": drawn[1], "source": "template"})
+            made += 1
+
     generated = 0
     for _ in range(_MAX_ATTEMPTS):
         if generated == TEMPLATE_PAIRS:
             break
         drawn = _draw(rng, rng.choices(templates, weights=weights)[0], {})
-        if drawn is None or _held_out_in(drawn[1]):
+        if drawn is None or _held_out_in(drawn[1]) or _holds_held_out_word(*drawn):
             continue
         if seen.add(*drawn):
             pool.append({"ja": drawn[0], "gloss": drawn[1], "source": "template"})
@@ -1207,7 +1562,7 @@ def build_corpus(seed: int = 0) -> dict[str, list[dict]]:
         row for row in test if set(row["gloss"].split()) <= train_glosses and set(row["ja"]) <= train_chars
     ]
     rng.shuffle(test)
-    splits = {"train": train, "validation": validation, "test": test}
+    splits = {"train": train, "validation": validation, "test": test, "natural": natural}
     return {
         name: [{"id": f"jsl-{name}-{i:05d}", **row} for i, row in enumerate(rows)]
         for name, rows in splits.items()

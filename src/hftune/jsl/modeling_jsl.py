@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -345,6 +345,51 @@ class JslDecoder(nn.Module):
         )
 
 
+LOOP_WINDOW = 6  # a generated tail of this many tokens repeating one or two glosses ends the output
+
+
+def periodic_tail(generated: torch.Tensor) -> torch.Tensor:
+    """Per row: do the last LOOP_WINDOW tokens repeat with period 1 or 2 (A A A A A A, A B A B A B)? No gloss
+    sequence of the corpus does; an undertrained or out-of-domain decoder that does has lost the input."""
+    if generated.shape[1] < LOOP_WINDOW:
+        return torch.zeros(generated.shape[0], dtype=torch.bool, device=generated.device)
+    tail = generated[:, -LOOP_WINDOW:]
+    return (tail[:, 2:] == tail[:, :-2]).all(dim=1)
+
+
+class SourceLengthBound(LogitsProcessor):
+    """Forces `</s>` in a row that already holds `limits[row]` generated tokens (the decoder start token is not
+    counted) or whose output loops (`periodic_tail`). `limits` has one entry per input; beams and returned
+    sequences of one input share its limit."""
+
+    def __init__(self, limits: torch.Tensor, eos_token_id: int) -> None:
+        self.limits = limits
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        limits = self.limits.to(input_ids.device).repeat_interleave(
+            input_ids.shape[0] // self.limits.shape[0]
+        )
+        full = (limits <= input_ids.shape[1] - 1) | periodic_tail(input_ids[:, 1:])
+        if full.any():
+            scores = scores.clone()
+            scores[full] = -math.inf
+            scores[full, self.eos_token_id] = 0.0
+        return scores
+
+
+def output_length_limits(
+    config, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Per input: floor(output_length_ratio * its characters) + output_length_slack (`</s>` not counted)."""
+    if attention_mask is None:
+        attention_mask = (input_ids != config.pad_token_id).long()
+    # float64 on the CPU (MPS has none), as Python, numpy and JavaScript compute it: the ONNX decoders agree
+    characters = (attention_mask.sum(-1) - 1).clamp(min=0).cpu().double()
+    limits = torch.floor(characters * config.output_length_ratio).long() + int(config.output_length_slack)
+    return limits.to(input_ids.device)
+
+
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Teacher-forcing decoder inputs: `decoder_start` + labels[:-1], with -100 (ignored positions) as pad."""
     shifted = labels.new_full(labels.shape, pad_token_id)
@@ -415,6 +460,27 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
 
     def get_decoder(self) -> JslDecoder:
         return self.decoder
+
+    def generate(
+        self,
+        inputs=None,
+        generation_config=None,
+        logits_processor=None,
+        bound_output_length: bool = True,
+        **kwargs,
+    ):
+        """`GenerationMixin.generate`, plus the per-input output bound of `config.output_length_ratio` (when set,
+        the input ids are given and `bound_output_length` is True) as a logits processor."""
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        ratio = getattr(self.config, "output_length_ratio", None)
+        if bound_output_length and ratio is not None and input_ids is not None:
+            limits = output_length_limits(self.config, input_ids, kwargs.get("attention_mask"))
+            logits_processor = LogitsProcessorList(
+                [*(logits_processor or []), SourceLengthBound(limits, self.config.eos_token_id)]
+            )
+        return super().generate(
+            inputs, generation_config=generation_config, logits_processor=logits_processor, **kwargs
+        )
 
     def prepare_inputs_for_generation(
         self,

@@ -243,10 +243,22 @@ def generation_settings(model: nn.Module, tokenizer) -> dict[str, Any]:
         "max_source_length": int(tokenizer.model_max_length),
         "max_new_tokens": max_new_tokens,
         "suppress_tokens": sorted(int(i) for i in (generation.suppress_tokens or [])),
+        # generate()'s per-input bound (modeling_jsl.output_length_limits); null ratio: no bound
+        "output_length_ratio": getattr(config, "output_length_ratio", None),
+        "output_length_slack": int(getattr(config, "output_length_slack", 0) or 0),
         "decoder_layers": int(config.decoder_layers),
         "num_heads": int(config.num_heads),
         "head_dim": int(config.d_model // config.num_heads),
     }
+
+
+def output_limits(attention_mask: np.ndarray, settings: dict[str, Any]) -> np.ndarray | None:
+    """Per row: floor(output_length_ratio * characters) + output_length_slack, as `generate()` bounds it."""
+    ratio = settings.get("output_length_ratio")
+    if ratio is None:
+        return None
+    characters = np.maximum(attention_mask.sum(-1) - 1, 0).astype(np.float64)
+    return np.floor(characters * ratio).astype(np.int64) + int(settings["output_length_slack"])
 
 
 class OnnxGreedyDecoder:
@@ -294,11 +306,19 @@ class OnnxGreedyDecoder:
         }
         unfinished = np.ones(batch, dtype=bool)
         tokens, logits = [], []
+        limits = output_limits(attention_mask, s)
         while True:
             step_logits = outputs["logits"][:, -1, :]
             logits.append(step_logits)
             scores = step_logits.copy()
             scores[:, s["suppress_tokens"]] = -np.inf
+            if limits is not None:  # rows that hold their bound's number of tokens, or loop, must end
+                full = limits <= len(tokens)
+                if len(tokens) >= 6:  # modeling_jsl.periodic_tail
+                    tail = np.stack(tokens[-6:], axis=1)
+                    full |= (tail[:, 2:] == tail[:, :-2]).all(axis=1)
+                scores[full] = -np.inf
+                scores[full, s["eos_token_id"]] = 0.0
             next_ids = np.where(unfinished, scores.argmax(-1), s["pad_token_id"]).astype(np.int64)
             tokens.append(next_ids)
             unfinished &= next_ids != s["eos_token_id"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import time
@@ -31,10 +32,16 @@ from hftune import hardware
 from hftune.errors import HftuneError
 from hftune.jsl.artifacts import write_jsl_folder
 from hftune.jsl.configuration_jsl import JslSeq2SeqConfig
-from hftune.jsl.corpus import CORPUS_NAME, load_gloss_pairs, load_jsl_corpus
+from hftune.jsl.corpus import (
+    CORPUS_NAME,
+    fingerspelled_runs,
+    held_out_spellings,
+    load_gloss_pairs,
+    load_jsl_corpus,
+)
 from hftune.jsl.export import DEFAULT_ATTENTION_INPUTS, check_weight_name, export_attentions, export_weights
 from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration
-from hftune.jsl.tokenization_jsl import JslTokenizer, target_tokens
+from hftune.jsl.tokenization_jsl import JslTokenizer, source_tokens, target_tokens
 from hftune.jsl.translate import measure_generation_speed
 from hftune.metrics import gloss_metrics
 from hftune.reporting.plots import plot_training_curves
@@ -98,12 +105,24 @@ class JslArguments:
     attention_dropout: float = field(default=0.0, metadata={"help": "Dropout on attention probabilities."})
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the training loss."})
     max_source_length: int = field(
-        default=48,
+        default=64,
         metadata={"help": "Longest Japanese input in characters (with </s>); longer is truncated."},
     )
     max_target_length: int = field(
-        default=16,
+        default=32,
         metadata={"help": "Longest gloss output in tokens (with </s>); also the generation limit."},
+    )
+    output_length_ratio: float = field(
+        default=0.8,
+        metadata={
+            "help": "Saved in the model config: generation ends a gloss once it has output_length_ratio x the "
+            "input's characters + --output_length_slack tokens, so odd input cannot run on (the shipped "
+            "corpus needs 0.62 with slack 3). 0 turns the bound off."
+        },
+    )
+    output_length_slack: int = field(
+        default=3,
+        metadata={"help": "Gloss tokens allowed on top of --output_length_ratio x input characters."},
     )
     # Hardware
     device: str = field(
@@ -217,6 +236,8 @@ def build_model(tokenizer: JslTokenizer, args: JslArguments, seed: int) -> JslSe
             label_smoothing=args.label_smoothing,
             max_source_length=args.max_source_length,
             max_target_length=args.max_target_length,
+            output_length_ratio=args.output_length_ratio or None,
+            output_length_slack=args.output_length_slack,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -261,6 +282,22 @@ def gloss_tokens(tokenizer: JslTokenizer) -> list[str]:
         for t in tokenizer.get_vocab()
         if t.startswith("<") and t.endswith(">") and len(t) > 2 and t not in specials
     ]
+
+
+def log_output_bound_misses(train, args: JslArguments) -> None:
+    """Say how many training glosses are longer than the saved output bound lets generation produce."""
+    if not args.output_length_ratio:
+        return
+    misses = sum(
+        len(target_tokens(gloss))
+        > math.floor(args.output_length_ratio * len(source_tokens(ja))) + args.output_length_slack
+        for ja, gloss in zip(train["ja"], train["gloss"], strict=True)
+    )
+    if misses:
+        log(
+            f"{misses} training glosses are longer than --output_length_ratio {args.output_length_ratio} x their "
+            f"characters + {args.output_length_slack}: generation would cut them; raise the ratio"
+        )
 
 
 def tokenize_pairs(splits, tokenizer: JslTokenizer, max_target_length: int):
@@ -324,6 +361,48 @@ class GlossScorer:
 
 def normalised_references(split) -> list[str]:
     return [" ".join(target_tokens(gloss)) for gloss in split["gloss"]]
+
+
+def unseen_fingerspelling_metrics(references: list[str], predictions: list[str]) -> dict[str, float]:
+    """Of the sentences whose reference spells a held-out name or loanword (never in train), the share whose
+    prediction spells every fingerspelled word of the reference exactly (same runs, same order)."""
+    held_out = held_out_spellings()
+    scored = [
+        fingerspelled_runs(pred) == fingerspelled_runs(ref)
+        for ref, pred in zip(references, predictions, strict=True)
+        if any(seq in run for run in fingerspelled_runs(ref) for seq in held_out)
+    ]
+    if not scored:
+        return {}
+    return {
+        "unseen_fingerspelling_exact": sum(scored) / len(scored),
+        "unseen_fingerspelling_sentences": len(scored),
+    }
+
+
+def score_natural_split(trainer, scorer: GlossScorer, splits, tokenized) -> dict[str, Any] | None:
+    """The shipped corpus's hand-written `natural` split, scored like the test split: a results.json
+    `evaluations` entry (its own row in the leaderboard and the card's model-index), or None without it."""
+    if "natural" not in splits:
+        return None
+    scorer.references = normalised_references(splits["natural"])
+    prediction = trainer.predict(tokenized["natural"], metric_key_prefix="natural")
+    timing = ("runtime", "samples_per_second", "steps_per_second", "loss")
+    metrics = {
+        k.removeprefix("natural_"): float(v) for k, v in prediction.metrics.items() if not k.endswith(timing)
+    }
+    log("natural: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    predictions = [
+        {"ja": ja, "reference": ref, "prediction": pred}
+        for ja, ref, pred in zip(splits["natural"]["ja"], scorer.references, scorer.predictions, strict=True)
+    ]
+    return {
+        "dataset": CORPUS_NAME,
+        "split": "natural",
+        "num_examples": len(splits["natural"]),
+        "metrics": metrics,
+        "predictions": predictions,
+    }
 
 
 class JslSeq2SeqTrainer(AtomicCheckpointTrainer, Seq2SeqTrainer):
@@ -405,6 +484,7 @@ def run_jsl_training(
         check_weight_name(model, args.export_weights)  # before training, not after it
     with claim_run(training_args.output_dir) as run:
         tokenized = tokenize_pairs(splits, tokenizer, args.max_target_length)
+        log_output_bound_misses(splits["train"], args)
         scorer = GlossScorer(tokenizer, normalised_references(splits["validation"]))
         memory = MemoryCallback()
         trainer = JslSeq2SeqTrainer(
@@ -440,6 +520,14 @@ def run_jsl_training(
             for k, v in prediction.metrics.items()
             if not k.endswith(timing)
         }
+        spelling = {}
+        if dataset_name == CORPUS_NAME:
+            spelling = unseen_fingerspelling_metrics(scorer.references, scorer.predictions)
+            if spelling:  # the share is a metric (model-index); how many sentences it counts is not
+                final_metrics["unseen_fingerspelling_exact"] = spelling["unseen_fingerspelling_exact"]
+        final_predictions = list(scorer.predictions)
+        final_references = list(scorer.references)
+        natural = score_natural_split(trainer, scorer, splits, tokenized) if final_split == "test" else None
         if not trainer.is_world_process_zero():
             return final_metrics
         log(f"{final_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in final_metrics.items()))
@@ -486,6 +574,10 @@ def run_jsl_training(
             # generation over the held-out split, wall time per sentence
             generation_latency_ms=round(1000 / speed["batched_greedy_sentences_per_second"], 4),
             log_history=trainer.state.log_history,
+            evaluations=[{k: v for k, v in natural.items() if k != "predictions"}] if natural else [],
+            extra={"unseen_fingerspelling_sentences": spelling["unseen_fingerspelling_sentences"]}
+            if spelling
+            else {},
         )
         metadata = {
             "seed": training_args.seed,
@@ -502,7 +594,7 @@ def run_jsl_training(
         predictions = [
             {"ja": ja, "reference": ref, "prediction": pred}
             for ja, ref, pred in zip(
-                splits[final_split]["ja"], scorer.references, scorer.predictions, strict=True
+                splits[final_split]["ja"], final_references, final_predictions, strict=True
             )
         ]
 
@@ -514,6 +606,11 @@ def run_jsl_training(
             (folder / f"{final_split}_predictions.jsonl").write_text(
                 "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in predictions), encoding="utf-8"
             )
+            if natural:
+                (folder / "natural_predictions.jsonl").write_text(
+                    "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in natural["predictions"]),
+                    encoding="utf-8",
+                )
             if args.export_attentions:
                 files = export_attentions(
                     model, tokenizer, args.attention_inputs, folder / "attentions", args.attention_max_length

@@ -6,12 +6,15 @@
 
 Every input line gives exactly one output line: empty input gives an empty line, characters the model never
 saw become `<unk>` on the input side, and input longer than the model's `max_source_length` is truncated with
-a warning on stderr.
+a warning on stderr. An input that is mostly characters the model never saw (more than `--max_unknown_share`
+of them) is not translated: its line is empty and stderr says so, rather than the model inventing signs.
+`--json` prints one JSON object per input instead, with the unknown characters and an `untranslated` flag.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -31,6 +34,34 @@ from hftune.runtime import warn
 # arithmetic of a 1M-parameter model, so bigger batches spread it further: on 612 corpus sentences, 2 CPU
 # threads, greedy, 1,343 sentences/s at 64, 1,797 at 128, 2,088 at 256 (BENCHMARKS.md, section 3).
 DEFAULT_BATCH_SIZE = 256
+# Above this share of never-seen characters an input is left untranslated: on 500 chatterbot-corpus sentences
+# such inputs only ever produced glosses unrelated to the text.
+DEFAULT_MAX_UNKNOWN_SHARE = 0.5
+
+
+def unknown_characters(text: str, tokenizer) -> tuple[list[str], float]:
+    """(characters of `text` the tokenizer maps to `<unk>`, their share of its characters; 0.0 when empty)."""
+    tokens = tokenizer.tokenize(text)
+    unknown = [t for t in tokens if tokenizer.convert_tokens_to_ids(t) == tokenizer.unk_token_id]
+    return unknown, (len(unknown) / len(tokens) if tokens else 0.0)
+
+
+def report(texts: Sequence[str], glosses: Sequence[str], tokenizer, max_unknown_share: float) -> list[dict]:
+    """One record per input for `--json`: input, gloss, unknown characters (distinct, in order), their share,
+    and whether the input was left untranslated for being mostly unknown."""
+    records = []
+    for text, gloss in zip(texts, glosses, strict=True):
+        unknown, share = unknown_characters(text, tokenizer)
+        records.append(
+            {
+                "input": text,
+                "gloss": gloss,
+                "unknown_characters": list(dict.fromkeys(unknown)),
+                "unknown_share": round(share, 4),
+                "untranslated": share > max_unknown_share,
+            }
+        )
+    return records
 
 
 def translate(
@@ -40,6 +71,7 @@ def translate(
     num_beams: int = 1,
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_new_tokens: int | None = None,
+    max_unknown_share: float = DEFAULT_MAX_UNKNOWN_SHARE,
     **generate_kwargs: Any,
 ) -> list[str]:
     """Gloss strings for `texts`, in order: tokens joined by single spaces, "" for empty or blank input.
@@ -48,6 +80,7 @@ def translate(
     generation config (its `max_target_length`). Over-long inputs are cut to `tokenizer.model_max_length`
     characters (end-of-sequence included) and reported once on stderr. `generate_kwargs` go to `generate()`
     as they are (e.g. `use_cache=False`, `min_new_tokens=20`: what the generation benchmark varies).
+    Inputs with more than `max_unknown_share` unknown characters get "" and one warning (1.0 translates all).
     """
     if num_beams < 1:
         raise HftuneError(f"--num_beams {num_beams} must be at least 1 (1 = greedy decoding)")
@@ -62,8 +95,19 @@ def translate(
             f"{len(too_long)} input(s) longer than the model's {limit - 1} characters were truncated "
             f"(first: input {first + 1}, {lengths[first]} characters); split long sentences to translate them whole"
         )
+    shares = [unknown_characters(text, tokenizer)[1] for text in texts]
+    unknown = [index for index, share in enumerate(shares) if share > max_unknown_share]
+    if unknown:
+        first = unknown[0]
+        warn(
+            f"{len(unknown)} input(s) are mostly characters the model never saw and were left untranslated "
+            f"(first: input {first + 1}, {shares[first]:.0%} unknown); the model knows only its corpus's characters"
+        )
     outputs = [""] * len(texts)
-    todo = sorted((index for index, length in enumerate(lengths) if length > 0), key=lambda i: lengths[i])
+    todo = sorted(
+        (index for index, length in enumerate(lengths) if length > 0 and shares[index] <= max_unknown_share),
+        key=lambda i: lengths[i],
+    )
     generate_kwargs = {"num_beams": num_beams, "do_sample": False, **generate_kwargs}
     if max_new_tokens is not None:
         generate_kwargs["max_new_tokens"] = max_new_tokens
@@ -115,7 +159,9 @@ def measure_generation_speed(
         list(texts[:batch_size]), truncation=True, max_length=int(tokenizer.model_max_length),
         padding=True, return_tensors="pt",
     ).to(next(model.parameters()).device)  # fmt: skip
+    # 20 steps for every row: the output-length bound would end short inputs earlier
     forced = {"min_new_tokens": 20, "max_new_tokens": 20, "num_beams": 1, "do_sample": False}
+    forced["bound_output_length"] = False
     seconds = {}
     with torch.inference_mode():
         for use_cache in (True, False):
@@ -167,6 +213,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max_new_tokens", type=int, default=None, help="Longest gloss output. Default: the model's own."
     )
+    parser.add_argument(
+        "--max_unknown_share",
+        type=float,
+        default=DEFAULT_MAX_UNKNOWN_SHARE,
+        help="Leave an input untranslated (empty line, warning) when more than this share of its characters "
+        "are unknown to the model; 1 translates everything.",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="Print one JSON object per input: input, gloss, unknown_characters, unknown_share, untranslated.",
+    )
     parser.add_argument("--input_file", default=None, help="UTF-8 text file, one Japanese sentence per line.")
     parser.add_argument("--debug", action="store_true", help="Show tracebacks of errors.")
     return parser
@@ -179,7 +237,7 @@ def translate_command(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.texts and args.input_file:
         raise HftuneError("pass sentences as arguments or --input_file, not both")
-    for name in ("num_beams", "batch_size", "max_new_tokens"):
+    for name in ("num_beams", "batch_size", "max_new_tokens", "max_unknown_share"):
         check_range(name, getattr(args, name))
     if args.texts:
         texts = list(args.texts)
@@ -196,9 +254,14 @@ def translate_command(argv: list[str]) -> int:
     model, tokenizer = load_jsl_model(args.model, device=resolve_device(args.device))
     glosses = translate(
         texts, model, tokenizer, num_beams=args.num_beams, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens, max_unknown_share=args.max_unknown_share,
     )  # fmt: skip
-    if glosses:
-        sys.stdout.write("\n".join(glosses) + "\n")
+    if args.json:
+        records = report(texts, glosses, tokenizer, args.max_unknown_share)
+        lines = [json.dumps(record, ensure_ascii=False) for record in records]
+    else:
+        lines = glosses
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
     return 0

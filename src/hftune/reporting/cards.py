@@ -134,6 +134,23 @@ def _require(record: RunRecord, key: str, allowed: tuple[str, ...] | None = None
     return value
 
 
+def _recorded_evaluation_results(
+    results: RunRecord, pipeline_tag: str, task_name: str, main_split: str
+) -> list[EvalResult]:
+    """Model-index rows for results.json `evaluations` on other splits (e.g. the JSL recipe's `natural` split),
+    so a card rebuilt from results.json keeps them."""
+    rows: list[EvalResult] = []
+    for evaluation in results.evaluations or []:
+        dataset, split = str(evaluation.get("dataset") or ""), evaluation.get("split")
+        if not dataset or not split or (dataset == results.dataset and split == main_split):
+            continue
+        dataset_type, _ = _dataset_identity(dataset)
+        rows += _eval_results(
+            evaluation.get("metrics") or {}, pipeline_tag, task_name, dataset_type, dataset_type, str(split)
+        )
+    return rows
+
+
 def _eval_results(
     metrics: Mapping[str, Any],
     task_type: str,
@@ -324,7 +341,7 @@ def build_model_card(
 
     eval_results = _eval_results(
         results.metrics or {}, pipeline_tag, task_name, dataset_type, dataset_name, split
-    )
+    ) + _recorded_evaluation_results(results, pipeline_tag, task_name, split)
     if not eval_results:
         raise HftuneError(
             f"results.json metrics {dict(results.metrics or {})!r} hold no finite number; "

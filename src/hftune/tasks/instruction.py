@@ -302,7 +302,10 @@ def load_instruction_splits(args: InstructionDataArguments, seed: int = 42):
         )
     elif args.dataset_name == JSL_DATASET:
         corpus = load_jsl_corpus()
-        splits = {name: Dataset.from_list(jsl_records(corpus[name])) for name in corpus}
+        # train / validation / test; the corpus's `natural` split is scored by the JSL recipe only
+        splits = {
+            name: Dataset.from_list(jsl_records(corpus[name])) for name in ("train", "validation", "test")
+        }
         source = CORPUS_NAME
     elif args.dataset_name:
         fail_fast_when_hub_unreachable(args.dataset_name, kind="dataset")
