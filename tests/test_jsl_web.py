@@ -119,8 +119,8 @@ def reference(folder, loaded) -> dict:
     model, tokenizer = loaded
     texts = list(load_jsl_corpus("test")["ja"])
     stderr = io.StringIO()
+    # The JS client translates every input (it has no unknown-share rule): every reference uses the same setting.
     with contextlib.redirect_stderr(stderr):
-        # The JS client translates every input (it has no unknown-share rule): compare with the same setting.
         edge_glosses = translate(EDGE_TEXTS, model, tokenizer, max_unknown_share=1.0)
     (warning,) = [line.removeprefix("hftune: warning: ") for line in stderr.getvalue().splitlines()]
     unknown = [tokenizer.unk_token_id, tokenizer.eos_token_id]
@@ -141,7 +141,7 @@ def reference(folder, loaded) -> dict:
             not_unknown[code_point] = ids
     data = {
         "model_dir": str(folder),
-        "test": {"texts": texts, "glosses": translate(texts, model, tokenizer)},
+        "test": {"texts": texts, "glosses": translate(texts, model, tokenizer, max_unknown_share=1.0)},
         "edge": {"texts": EDGE_TEXTS, "glosses": edge_glosses, "warning": warning},
         "tokenization": {
             "max_source_length": int(tokenizer.model_max_length),
@@ -428,7 +428,10 @@ def test_demo_page_in_headless_chromium_gives_pytorchs_glosses(reference, folder
     from playwright.sync_api import sync_playwright
 
     texts = [*reference["test"]["texts"], "", "🙂ЖЖ", LONG_TEXT]
-    expected = [*reference["test"]["glosses"], *translate(texts[-3:], *load_jsl_model(folder))]
+    expected = [
+        *reference["test"]["glosses"],
+        *translate(texts[-3:], *load_jsl_model(folder), max_unknown_share=1.0),
+    ]
     with serve({"/": JS_DIR, "/model/": folder}) as base, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
@@ -444,8 +447,10 @@ def test_demo_page_in_headless_chromium_gives_pytorchs_glosses(reference, folder
             glosses = page.eval_on_selector_all("#glosses li", "items => items.map(item => item.textContent)")
             assert glosses == expected
             assert re.fullmatch(rf"{len(texts)} sentences in \d+\.\d ms", page.inner_text("#time"))
-            assert "1 input(s) longer than the model's 47 characters were truncated" in page.inner_text(
-                "#warning"
+            characters = reference["tokenization"]["max_source_length"] - 1  # </s> takes one position
+            assert (
+                f"1 input(s) longer than the model's {characters} characters were truncated"
+                in page.inner_text("#warning")
             )
             assert errors == []
 
