@@ -282,7 +282,9 @@ def test_conflicts_and_frozen_vocabulary_are_refused_before_writing(parent, tmp_
     rows[2] = (rows[2][0] + "鵺", rows[2][1] + " <鵺>")
     rows[3] = (rows[3][0], rows[3][1] + " <パンダ>")
     frozen = write_pairs(tmp_path / "frozen.csv", rows)
-    err = recipe_error([*base, "--train_file", str(frozen), "--freeze_vocabulary"], capsys)
+    err = recipe_error(
+        [*base, "--train_file", str(frozen), "--validation_file", str(frozen), "--freeze_vocabulary"], capsys
+    )
     assert "--freeze_vocabulary: 3 characters/glosses" in err
     assert "鵺 (frozen.csv line 4), <パンダ> (frozen.csv line 5), <鵺> (frozen.csv line 4);" in err
     err = recipe_error([*base, "--replay_ratio", "0.5"], capsys)
