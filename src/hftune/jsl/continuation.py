@@ -11,7 +11,7 @@ embeddings -> (train) -> score again ("after"). Resuming an interrupted run is a
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ class Continuation:
     parent: Parent
     added_symbols: list[str]
     eval_sets: dict[str, Any]  # name -> Dataset with `ja` and `gloss`
-    before: dict[str, dict[str, float]] = field(default_factory=dict)
+    before: dict[str, dict[str, float]]  # the parent's scores on eval_sets
 
     def scores(self, model, tokenizer: JslTokenizer) -> dict[str, dict[str, dict[str, float]]]:
         """{set: {"before": ..., "after": ...}} with `model` as trained; logged as gained/lost exact match."""
