@@ -1,11 +1,15 @@
-"""Train the Japanese -> JSL gloss seq2seq model from scratch.
+"""Train the Japanese -> JSL gloss seq2seq model from scratch, or continue training a saved one.
 
     python recipes/jsl_seq2seq.py                                   # shipped corpus, CPU/GPU/Mac picked automatically
+    python recipes/jsl_seq2seq.py --model_size small                # presets: tiny (default), small, base
     python recipes/jsl_seq2seq.py --train_file my_pairs.csv --test_file my_test.csv --num_train_epochs 60
+    python recipes/jsl_seq2seq.py --model_name_or_path outputs/jsl_seq2seq --train_file my_pairs.csv \
+        --replay_ratio 0.5 --num_train_epochs 2 --output_dir outputs/jsl_mine   # continue with new words
     python recipes/jsl_seq2seq.py --export_attentions --export_weights encoder.embed_tokens.weight
     hftune translate --model outputs/jsl_seq2seq "ありがとう"
 
-The tokenizer is built from the training pairs, the model trains with Seq2SeqTrainer (teacher forcing, label
+A new model's tokenizer is built from the training pairs; a continued model keeps its parent's, with the new
+pairs' unknown characters and glosses appended (`--freeze_vocabulary` refuses them instead). The model trains with Seq2SeqTrainer (teacher forcing, label
 smoothing), every epoch is scored by generating glosses (gloss WER, BLEU, chrF, exact match) and the best
 epoch by exact match is kept; the test split is scored last. The output folder loads anywhere with
 `AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)`. `--config file.yaml` takes the same
@@ -13,7 +17,8 @@ keys as the flags; a killed run resumes from its last epoch when started again w
 """
 
 from hftune.config import Seq2SeqTrainingArguments, check_output_folder, parse_recipe_args, set_seed
-from hftune.errors import exit_on_user_error
+from hftune.errors import HftuneError, exit_on_user_error
+from hftune.jsl.continuation import add_replay_pairs, load_parent, start_continuation
 from hftune.jsl.train import (
     JslArguments,
     build_model,
@@ -53,14 +58,30 @@ def main(argv: list[str] | None = None) -> None:
     jsl_args, training_args = parse_recipe_args(
         (JslArguments, Seq2SeqTrainingArguments), RECIPE_DEFAULTS, argv
     )
+    continuing = jsl_args.model_name_or_path is not None
     check_output_folder(
-        training_args.output_dir, task="jsl-seq2seq", method="scratch", artifact="remote-code"
+        training_args.output_dir,
+        task="jsl-seq2seq",
+        method="continued" if continuing else "scratch",
+        artifact="remote-code",
     )
     set_seed(training_args.seed)  # before the model is built: new heads and LoRA weights draw from it
     splits, dataset_name, final_split = load_training_pairs(jsl_args, seed=training_args.seed)
 
-    tokenizer = build_tokenizer(splits["train"], jsl_args.max_source_length)
-    model = build_model(tokenizer, jsl_args, seed=training_args.seed)
+    continuation = None
+    if continuing:
+        parent = load_parent(jsl_args, training_args.output_dir)
+        splits = add_replay_pairs(splits, jsl_args, parent, seed=training_args.seed)
+        continuation = start_continuation(parent, splits, jsl_args)
+        model, tokenizer = parent.model, parent.tokenizer
+    else:
+        if jsl_args.freeze_vocabulary or jsl_args.replay_ratio:
+            raise HftuneError(
+                "--freeze_vocabulary and --replay_ratio apply to a continued model; pass --model_name_or_path "
+                "with the saved model to continue"
+            )
+        tokenizer = build_tokenizer(splits["train"], jsl_args.max_source_length)
+        model = build_model(tokenizer, jsl_args, seed=training_args.seed)
 
     training_args, decision = decide_device_and_precision(jsl_args, training_args, model)
     run_jsl_training(
@@ -72,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         decision=decision,
         dataset_name=dataset_name,
         final_split=final_split,
+        continuation=continuation,
     )
     finish()
 

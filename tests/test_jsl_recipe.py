@@ -139,16 +139,16 @@ def test_saved_folder_is_complete(run):
     ):
         assert key in metadata
     assert metadata["seed"] == 42 and metadata["package"] == "hftune"
-    assert config["d_model"] == 32 and config["max_source_length"] == 64 and config["max_target_length"] == 32
+    assert config["d_model"] == 32 and config["max_source_length"] == 65 and config["max_target_length"] == 33
     # The saved output bound: generate() ends a gloss at 0.8 x input characters + 3 tokens.
     assert (config["output_length_ratio"], config["output_length_slack"]) == (0.8, 3)
     model, tokenizer = load_jsl_model(out)
     assert model.lm_head.weight is model.encoder.embed_tokens.weight
     assert config["vocab_hash"] == tokenizer.vocab_hash()
-    assert tokenizer.model_max_length == 64
+    assert tokenizer.model_max_length == 65
 
     generation = json.loads((out / "generation_config.json").read_text())
-    assert generation["max_new_tokens"] == 32 and "max_length" not in generation
+    assert generation["max_new_tokens"] == 33 and "max_length" not in generation
     # Trainer turns config.use_cache off for training; the saved model must generate with the KV cache.
     assert config["use_cache"] is True and generation.get("use_cache", True) is True
     assert set(generation["suppress_tokens"]).isdisjoint(

@@ -92,14 +92,14 @@ def test_empty_unknown_and_over_long_input(loaded, capsys):
     assert glosses[:2] == ["", ""]
     assert glosses[2] and glosses[3] is not None and glosses[4]
     err = capsys.readouterr().err
-    assert "1 input(s) longer than the model's 63 characters were truncated" in err
+    assert "1 input(s) longer than the model's 64 characters were truncated" in err
     assert "input 5, 320 characters" in err
     assert all(is_gloss_string(g, set(gloss_tokens(tokenizer))) for g in glosses)
     # Unknown characters are <unk> on the input side, not an error.
     unknown = tokenizer("𓀀🙂")["input_ids"]
     assert unknown == [tokenizer.unk_token_id] * 2 + [tokenizer.eos_token_id]
-    # Truncation keeps the first characters: the long input translates like its 63-character prefix.
-    assert glosses[4] == translate([long_text[:63]], model, tokenizer)[0]
+    # Truncation keeps the first characters: the long input translates like its 64-character prefix.
+    assert glosses[4] == translate([long_text[:64]], model, tokenizer)[0]
 
 
 def test_bad_generation_settings_are_refused(loaded):

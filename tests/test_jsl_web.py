@@ -164,7 +164,7 @@ def test_export_writes_three_self_contained_graphs_and_the_client_config(folder,
     config = json.loads((onnx_dir / WEB_CONFIG_FILE).read_text(encoding="utf-8"))
     assert config["vocab"] == [tokenizer.convert_ids_to_tokens(i) for i in range(len(tokenizer))]
     assert config["suppress_tokens"] == sorted(model.generation_config.suppress_tokens)
-    assert config["max_source_length"] == tokenizer.model_max_length == 64
+    assert config["max_source_length"] == tokenizer.model_max_length == 65
     assert config["max_new_tokens"] == model.generation_config.max_new_tokens
     # generate()'s output bound travels with the graphs, so the clients stop where PyTorch stops.
     assert (config["output_length_ratio"], config["output_length_slack"]) == (0.8, 3)

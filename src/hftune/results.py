@@ -48,6 +48,8 @@ class RunRecord:
     base_model: str | None = None  # Hub id (the embedded encoder by its Hub id)
     base_model_path: str | None = None  # what was loaded: a local folder or the same Hub id
     base_model_embedded: bool = False
+    base_model_revision: str | None = None  # the Hub commit a continued model was loaded at
+    base_model_vocab_hash: str | None = None  # JSL: the parent's vocabulary, which this model's extends
     dataset_name: str | None = None
     language: list[str] = field(default_factory=list)
     labels: list[str] | None = None  # classifiers: label names in id order
@@ -74,6 +76,9 @@ class RunRecord:
     generation_sentences_per_second: float | None = None
     generation_speed: dict[str, float] | None = None
     vocabulary_size: int | None = None
+    vocabulary_added: list[str] | None = None  # JSL continued: symbols appended to the parent's vocabulary
+    # JSL continued: {"validation" | "original_test": {"before": metrics, "after": metrics}}
+    continuation_scores: dict[str, dict[str, dict[str, float]]] | None = None
     best_checkpoint_metric: float | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     log_history: list[dict[str, Any]] = field(default_factory=list)

@@ -124,9 +124,10 @@ RANGES: dict[str, Range] = {
     "d_ff": Range(1, example="512"),
     "dropout": _PROBABILITY,
     "label_smoothing": _PROBABILITY,
+    "replay_ratio": Range(0, 1, example="0.5"),
     # One input character (or gloss) plus </s>.
-    "max_source_length": Range(2, example="48"),
-    "max_target_length": Range(2, example="16"),
+    "max_source_length": Range(2, example="65"),
+    "max_target_length": Range(2, example="33"),
     "output_length_ratio": Range(0, example="0.8"),
     "output_length_slack": Range(0, example="3"),
     "attention_max_length": Range(1, example="24"),

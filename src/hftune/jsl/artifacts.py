@@ -80,14 +80,14 @@ def save_jsl_model(
     return Path(out_dir)
 
 
-def resolve_model_folder(path_or_repo: str | Path) -> Path:
+def resolve_model_folder(path_or_repo: str | Path, flag: str = "--model") -> Path:
     """A local folder as is, otherwise a Hub repo id resolved through the HF cache (offline when
     HF_HUB_OFFLINE=1)."""
     path = Path(path_or_repo)
     if path.is_dir():
         return path
     if path.exists():
-        raise HftuneError(f"--model {path_or_repo} is a file; pass the model folder or a Hub repo id")
+        raise HftuneError(f"{flag} {path_or_repo} is a file; pass the model folder or a Hub repo id")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 
@@ -95,7 +95,7 @@ def resolve_model_folder(path_or_repo: str | Path) -> Path:
         return Path(snapshot_download(repo_id=str(path_or_repo)))
     except HFValidationError as err:
         raise HftuneError(
-            f"--model {path_or_repo} is neither a folder nor a valid Hub repo id ({err})"
+            f"{flag} {path_or_repo} is neither a folder nor a valid Hub repo id ({err})"
         ) from None
     except Exception as err:  # offline misses, 404s and network errors all mean "not available here"
         raise HftuneError(
@@ -124,19 +124,26 @@ def check_jsl_folder(folder: Path, name: str, flag: str) -> None:
 
 
 def load_jsl_model(
-    path_or_repo: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, flag: str = "--model"
+    path_or_repo: str | Path,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    flag: str = "--model",
+    **config_overrides: Any,
 ) -> tuple[JslSeq2SeqForConditionalGeneration, JslTokenizer]:
     """Load a saved JSL folder (or Hub repo id) after checking its weights and vocabulary.
 
     Uses the classes installed with hftune rather than executing the folder's code. `dtype=None` loads in
     float32 whatever the saved precision (bf16/fp16 checkpoints included), which every device supports.
     Returns the model in eval mode on `device` ("auto" picks cuda, then mps, then cpu) and its tokenizer.
+    `config_overrides` (e.g. dropout=0.1 for continued training) replace config values before the model is built.
     """
-    folder = resolve_model_folder(path_or_repo)
+    folder = resolve_model_folder(path_or_repo, flag)
     check_jsl_folder(folder, str(path_or_repo), flag)
     verify_weight_files(folder)
     tokenizer = JslTokenizer.from_pretrained(str(folder))
-    model = JslSeq2SeqForConditionalGeneration.from_pretrained(str(folder), dtype=dtype or torch.float32)
+    model = JslSeq2SeqForConditionalGeneration.from_pretrained(
+        str(folder), dtype=dtype or torch.float32, **config_overrides
+    )
     expected = model.config.vocab_hash
     if expected is not None and expected != tokenizer.vocab_hash():
         raise HftuneError(

@@ -109,6 +109,27 @@ class JslTokenizer(PreTrainedTokenizer):
                 vocab.setdefault(token, len(vocab))
         return cls(vocab=vocab, **kwargs)
 
+    def unknown_symbols(self, pairs: Iterable[tuple[str, str]]) -> list[str]:
+        """Characters, then glosses, of (japanese, gloss) pairs that the vocabulary lacks, each group sorted
+        (the order `build_from_pairs` gives a new vocabulary)."""
+        chars: set[str] = set()
+        glosses: set[str] = set()
+        for japanese, gloss in pairs:
+            chars.update(token for token in source_tokens(japanese) if token not in self.vocab)
+            glosses.update(token for token in target_tokens(gloss) if token not in self.vocab)
+        return sorted(chars) + sorted(glosses - chars)
+
+    def add_symbols(self, tokens: Iterable[str]) -> list[str]:
+        """Append `tokens` the vocabulary lacks at its end (existing ids never change); returns those added."""
+        added = []
+        for token in tokens:
+            if token not in self.vocab:
+                self.vocab[token] = len(self.vocab)
+                self.ids_to_tokens[self.vocab[token]] = token
+                added.append(token)
+        self._update_total_vocab_size()  # len() is cached by PreTrainedTokenizer
+        return added
+
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)

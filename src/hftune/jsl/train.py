@@ -93,24 +93,70 @@ class JslArguments:
             "help": "Score at most this many validation and test pairs (the first ones): quick trials."
         },
     )
-    # Model size
-    d_model: int = field(default=128, metadata={"help": "Width of embeddings and hidden states."})
-    num_heads: int = field(default=4, metadata={"help": "Attention heads (must divide d_model)."})
-    encoder_layers: int = field(default=2, metadata={"help": "Encoder blocks."})
-    decoder_layers: int = field(default=2, metadata={"help": "Decoder blocks."})
-    d_ff: int = field(default=512, metadata={"help": "Inner width of the feed-forward blocks."})
+    # Model: continue from a saved one, or a new one of a preset size
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue training a saved JSL model: a folder saved by this recipe or a Hub repo id (taken "
+            "from the HF cache when offline). Its weights, config, tokenizer and generation settings are the "
+            "start; characters and glosses new in --train_file are added to its vocabulary. Default: a new model. "
+            "(Resuming an interrupted run needs no flag: start the same command again.)"
+        },
+    )
+    freeze_vocabulary: bool = field(
+        default=False,
+        metadata={
+            "help": "With --model_name_or_path: refuse training pairs holding characters or glosses the loaded "
+            "vocabulary lacks, instead of adding them."
+        },
+    )
+    replay_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "With --model_name_or_path and --train_file: mix this fraction of the shipped corpus's training "
+            "pairs (a seeded sample) into training, so the model keeps what it knew (0 = none, 1 = all)."
+        },
+    )
+    model_size: str | None = field(
+        default=None,
+        metadata={
+            "help": "Size preset of a new model: tiny (d_model 128, 4 heads, 2+2 layers, d_ff 512; the default), "
+            "small (192, 6 heads, 3+3, 768) or base (256, 8 heads, 6+6, 1024). Shape flags override it.",
+            "choices": ["tiny", "small", "base"],
+        },
+    )
+    d_model: int | None = field(
+        default=None, metadata={"help": "Width of embeddings and hidden states. Default: the preset's."}
+    )
+    num_heads: int | None = field(
+        default=None, metadata={"help": "Attention heads (must divide d_model). Default: the preset's."}
+    )
+    encoder_layers: int | None = field(
+        default=None, metadata={"help": "Encoder blocks. Default: the preset's."}
+    )
+    decoder_layers: int | None = field(
+        default=None, metadata={"help": "Decoder blocks. Default: the preset's."}
+    )
+    d_ff: int | None = field(
+        default=None, metadata={"help": "Inner width of the feed-forward blocks. Default: the preset's."}
+    )
     dropout: float = field(
         default=0.1, metadata={"help": "Dropout on embeddings, sub-block outputs and FFNs."}
     )
     attention_dropout: float = field(default=0.0, metadata={"help": "Dropout on attention probabilities."})
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the training loss."})
     max_source_length: int = field(
-        default=64,
-        metadata={"help": "Longest Japanese input in characters (with </s>); longer is truncated."},
+        default=65,
+        metadata={
+            "help": "Longest Japanese input in tokens: characters plus </s> (65 = 64 characters); longer is "
+            "truncated. Positions are sinusoidal, so a continued model may take a new value."
+        },
     )
     max_target_length: int = field(
-        default=32,
-        metadata={"help": "Longest gloss output in tokens (with </s>); also the generation limit."},
+        default=33,
+        metadata={
+            "help": "Longest gloss output in tokens: glosses plus </s> (33 = 32 glosses); also the generation limit."
+        },
     )
     output_length_ratio: float = field(
         default=0.8,
@@ -160,6 +206,23 @@ class JslArguments:
             "help": "Write one named parameter (e.g. encoder.embed_tokens.weight) as OUTPUT_DIR/weights/NAME.csv."
         },
     )
+
+
+# Size presets of a new model (`--model_size`); tiny is the shape every corpus result up to issue 18 was measured on.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"d_model": 128, "num_heads": 4, "encoder_layers": 2, "decoder_layers": 2, "d_ff": 512},
+    "small": {"d_model": 192, "num_heads": 6, "encoder_layers": 3, "decoder_layers": 3, "d_ff": 768},
+    "base": {"d_model": 256, "num_heads": 8, "encoder_layers": 6, "decoder_layers": 6, "d_ff": 1024},
+}
+SHAPE_FLAGS = tuple(MODEL_SIZES["tiny"])
+
+
+def model_shape(args: JslArguments) -> dict[str, int]:
+    """The shape of a new model: the --model_size preset (tiny by default), each explicit shape flag over it."""
+    preset = MODEL_SIZES[args.model_size or "tiny"]
+    return {
+        name: preset[name] if getattr(args, name) is None else getattr(args, name) for name in SHAPE_FLAGS
+    }
 
 
 # --- data -------------------------------------------------------------------------------------------------
@@ -226,11 +289,7 @@ def build_model(tokenizer: JslTokenizer, args: JslArguments, seed: int) -> JslSe
     try:
         config = JslSeq2SeqConfig(
             vocab_size=len(tokenizer),
-            d_model=args.d_model,
-            num_heads=args.num_heads,
-            encoder_layers=args.encoder_layers,
-            decoder_layers=args.decoder_layers,
-            d_ff=args.d_ff,
+            **model_shape(args),
             dropout=args.dropout,
             attention_dropout=args.attention_dropout,
             label_smoothing=args.label_smoothing,
@@ -262,6 +321,7 @@ def set_generation_config(model, tokenizer: JslTokenizer, *, for_trainer: bool) 
     """
     config = GenerationConfig.from_model_config(model.config)
     config._from_model_config = False  # our own settings, not legacy ones copied from the model config
+    config.update(**own_generation_settings(model.generation_config))
     allowed = {tokenizer.convert_tokens_to_ids(token) for token in gloss_tokens(tokenizer)} | {
         tokenizer.eos_token_id
     }
@@ -272,6 +332,29 @@ def set_generation_config(model, tokenizer: JslTokenizer, *, for_trainer: bool) 
     else:
         config.max_new_tokens = limit
     model.generation_config = config
+
+
+# Generation settings `set_generation_config` derives from the model and tokenizer; any other a saved folder holds
+# (e.g. num_beams a user set) is the folder's own and carries over into a continued model.
+DERIVED_GENERATION_SETTINGS = frozenset(
+    {
+        "suppress_tokens", "max_length", "max_new_tokens", "use_cache", "bos_token_id", "eos_token_id",
+        "pad_token_id", "decoder_start_token_id", "transformers_version", "_from_model_config",
+    }
+)  # fmt: skip
+
+
+def own_generation_settings(config: GenerationConfig | None) -> dict[str, Any]:
+    """The settings of `config` that are neither derived nor transformers' defaults (a loaded config holds the
+    defaults explicitly where a new one leaves them None)."""
+    if config is None:
+        return {}
+    defaults = GenerationConfig._get_default_generation_params()
+    return {
+        k: v
+        for k, v in config.to_diff_dict().items()
+        if k not in DERIVED_GENERATION_SETTINGS and v is not None and not (k in defaults and v == defaults[k])
+    }
 
 
 def gloss_tokens(tokenizer: JslTokenizer) -> list[str]:
@@ -446,15 +529,18 @@ def git_commit() -> str | None:
     return commit if result.returncode == 0 and len(commit) == 40 else None
 
 
-def _hyperparameters(args: JslArguments, training_args: Seq2SeqTrainingArguments) -> dict[str, Any]:
+def _hyperparameters(
+    args: JslArguments, training_args: Seq2SeqTrainingArguments, config: JslSeq2SeqConfig
+) -> dict[str, Any]:
     model_size = {
-        name: getattr(args, name)
+        name: getattr(config, name)
         for name in (
-            "d_model", "num_heads", "encoder_layers", "decoder_layers", "d_ff", "dropout", "attention_dropout",
-            "label_smoothing", "max_source_length", "max_target_length",
+            *SHAPE_FLAGS, "dropout", "attention_dropout", "label_smoothing", "max_source_length", "max_target_length",
         )
     }  # fmt: skip
     return {
+        # the preset a new model was built from (a continued model keeps its parent's shape)
+        "model_size": None if args.model_name_or_path else args.model_size or "tiny",
         **model_size,
         **trainer_hyperparameters(training_args),
         "optimizer": getattr(training_args.optim, "value", training_args.optim),
@@ -476,8 +562,13 @@ def run_jsl_training(
     decision,
     dataset_name: str,
     final_split: str,
+    continuation=None,
 ) -> dict[str, Any]:
-    """Train, keep the best epoch, score `final_split`, save the folder; returns the results dict."""
+    """Train, keep the best epoch, score `final_split`, save the folder; returns the results dict.
+
+    `continuation` (a `hftune.jsl.continuation.Continuation`) marks a run continued from a saved model: its
+    provenance and before/after scores go into results.json, config.json and the card."""
+    method = "continued" if continuation is not None else "scratch"
     if not training_args.predict_with_generate:
         raise HftuneError("--predict_with_generate False would score teacher-forced logits; keep it True")
     if args.export_weights:
@@ -500,7 +591,7 @@ def run_jsl_training(
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         log(
-            f"scratch: {total:,} parameters, vocabulary {len(tokenizer)}, {len(tokenized['train'])} training pairs"
+            f"{method}: {total:,} parameters, vocabulary {len(tokenizer)}, {len(tokenized['train'])} training pairs"
         )
         run.training_started()
         started = time.perf_counter()
@@ -535,9 +626,10 @@ def run_jsl_training(
         model = trainer.model.eval()
         set_generation_config(model, tokenizer, for_trainer=False)
         speed = measure_generation_speed(model, tokenizer, splits[final_split]["ja"])
+        continued = continuation.record_fields(model, tokenizer) if continuation is not None else {}
         record = RunRecord(
             task="jsl-seq2seq",
-            method="scratch",
+            method=method,
             artifact="remote-code",
             dataset=dataset_name,
             language=["ja"],
@@ -561,7 +653,7 @@ def run_jsl_training(
                 resume_from=run.resume_from,
             ),
             best_checkpoint_metric=trainer.state.best_metric,
-            hyperparameters=_hyperparameters(args, training_args),
+            hyperparameters=_hyperparameters(args, training_args, model.config),
             # The decoding the scores were made with (Seq2SeqTrainer's greedy search up to max_target_length):
             # `hftune evaluate` decodes the same way.
             generation={
@@ -578,6 +670,7 @@ def run_jsl_training(
             extra={"unseen_fingerspelling_sentences": spelling["unseen_fingerspelling_sentences"]}
             if spelling
             else {},
+            **continued,
         )
         metadata = {
             "seed": training_args.seed,
@@ -587,6 +680,8 @@ def run_jsl_training(
             "device": decision.device,
             "precision": decision.precision,
         }
+        if continuation is not None:
+            metadata["base_model"] = continuation.parent.provenance()
         metrics_file = {
             "training_curve": trainer.state.log_history,
             "parameter_statistics": parameter_statistics(model),

@@ -42,7 +42,10 @@ _TASKS: dict[str, tuple[str, str, str]] = {
 _ARTIFACTS = ("adapter", "full", "bitfit", "features", "remote-code")
 
 # Methods without a registry entry: the JSL model trains from scratch.
-_UNREGISTERED_METHOD_SUMMARIES = {"scratch": "model trained from scratch"}
+_UNREGISTERED_METHOD_SUMMARIES = {
+    "scratch": "model trained from scratch",
+    "continued": "training continued from a saved JSL model",
+}
 
 # Trainer's throughput bookkeeping, not model quality: kept out of the model-index.
 _NOT_QUALITY_METRICS = frozenset({"runtime", "samples_per_second", "steps_per_second", "epoch"})
@@ -394,7 +397,30 @@ def build_model_card(
         loading_snippet=_loading_snippet(task, artifact, repo_id, hyperparameters, labels),
         repo_id=repo_id,
         onnx_files=_onnx_files(onnx_dir or (run_dir / "onnx" if run_dir is not None else None)),
+        continued_from=_continued_from(results, base_model_id),
     )
+
+
+def _continued_from(results: RunRecord, base_model_id: str | None) -> dict[str, Any] | None:
+    """A continued JSL model's parent (by repo id, or by folder name when local), the parent's vocabulary hash,
+    and what continuing gained and lost (exact match before/after), for the card's "Continued from" section."""
+    if results.method != "continued" or not results.base_model:
+        return None
+    scores = results.continuation_scores or {}
+    return {
+        "name": base_model_id or f"{Path(results.base_model).name} (local)",
+        "revision": results.base_model_revision,
+        "vocab_hash": results.base_model_vocab_hash,
+        "added": len(results.vocabulary_added or []),
+        "score_rows": [
+            (
+                name,
+                _format_value(pair["before"].get("exact_match")),
+                _format_value(pair["after"].get("exact_match")),
+            )
+            for name, pair in scores.items()
+        ],
+    }
 
 
 def write_model_card(run_dir: Path | str, results: RunRecord | Mapping[str, Any] | None = None) -> Path:

@@ -37,8 +37,8 @@ QUALITY_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "gloss_wer", "bleu",
 DEFAULT_PLOT_METRICS: tuple[str, ...] = ("accuracy", "exact_match")
 # hftune cards tag themselves with these (results.json conventions): how a card names its task and method.
 TASKS: tuple[str, ...] = ("text-classification", "jsl-seq2seq", "instruction-tuning")
-# The JSL model trains from scratch: a method of its own, with no recipe in the method registry.
-JSL_METHODS: tuple[str, ...] = ("scratch",)
+# The JSL model trains from scratch or continues a saved one: methods of its own, outside the method registry.
+JSL_METHODS: tuple[str, ...] = ("scratch", "continued")
 
 
 def leaderboard_methods() -> dict[str, Method]:
