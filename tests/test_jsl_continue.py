@@ -92,7 +92,7 @@ def run_recipe(argv: list[str]) -> str:
 def parent(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("parent") / "parent"
     run_recipe(
-        ["--output_dir", str(out), *TINY, *QUICK, "--max_train_samples", "160", "--num_train_epochs", "4"]
+        ["--output_dir", str(out), *TINY, *QUICK, "--max_train_samples", "160", "--num_train_epochs", "10"]
     )
     return out
 
@@ -134,7 +134,7 @@ def grown(parent, hub_cache, new_pairs_file, tmp_path_factory) -> tuple[Path, st
         printed = run_recipe(
             [
                 "--model_name_or_path", REPO_ID, "--output_dir", str(out), "--train_file", str(new_pairs_file[0]),
-                "--validation_file", str(new_pairs_file[1]), *QUICK, "--num_train_epochs", "12", "--replay_ratio",
+                "--validation_file", str(new_pairs_file[1]), *QUICK, "--num_train_epochs", "30", "--replay_ratio",
                 "0.01", "--dropout", "0", "--save_total_limit", "1",
             ]
         )  # fmt: skip
@@ -232,7 +232,7 @@ def test_rerun_resumes_from_its_checkpoint_not_from_the_parent(grown, hub_cache,
         printed = run_recipe(
             [
                 "--model_name_or_path", REPO_ID, "--output_dir", str(out), "--train_file", str(new_pairs_file[0]),
-                "--validation_file", str(new_pairs_file[1]), *QUICK, "--num_train_epochs", "12", "--replay_ratio",
+                "--validation_file", str(new_pairs_file[1]), *QUICK, "--num_train_epochs", "30", "--replay_ratio",
                 "0.01", "--dropout", "0", "--save_total_limit", "1",
             ]
         )  # fmt: skip
@@ -349,7 +349,10 @@ def test_64_characters_and_32_glosses_fit_the_defaults(tmp_path, capsys):
     assert len(encoded["input_ids"]) == 65 and len(encoded["labels"]) == 33  # 64 characters, 32 glosses, </s>
     set_generation_config(model, tokenizer, for_trainer=False)
     with torch.inference_mode():
-        ids = model.generate(**tokenizer([source], return_tensors="pt"), min_new_tokens=33)
+        # Without the output bound's loop stop, which would end this untrained model's repetitive output early.
+        ids = model.generate(
+            **tokenizer([source], return_tensors="pt"), min_new_tokens=33, bound_output_length=False
+        )
     assert ids.shape[1] == 34  # start + 33 tokens: the generation limit covers 32 glosses and </s>
     assert model.decoder._position_table.shape[0] >= 35
     translate([source], model, tokenizer)
