@@ -4,14 +4,16 @@
     python recipes/jsl_seq2seq.py --model_size small                # presets: tiny (default), small, base
     python recipes/jsl_seq2seq.py --train_file my_pairs.csv --test_file my_test.csv --num_train_epochs 60
     python recipes/jsl_seq2seq.py --model_name_or_path outputs/jsl_seq2seq --train_file my_pairs.csv \
-        --replay_ratio 0.5 --num_train_epochs 2 --output_dir outputs/jsl_mine   # continue with new words
+        --replay_ratio 0.5 --num_train_epochs 2 --learning_rate 1e-2 --parent_lr_ratio 0.1 \
+        --output_dir outputs/jsl_mine   # continue with new words: new rows at 1e-2, the rest at 1e-3
     python recipes/jsl_seq2seq.py --export_attentions --export_weights encoder.embed_tokens.weight
     hftune translate --model outputs/jsl_seq2seq "ありがとう"
 
 A new model's tokenizer is built from the training pairs; a continued model keeps its parent's, with the new
-pairs' unknown characters and glosses appended (`--freeze_vocabulary` refuses them instead). The model trains with Seq2SeqTrainer (teacher forcing, label
-smoothing), every epoch is scored by generating glosses (gloss WER, BLEU, chrF, exact match) and the best
-epoch by exact match is kept; the test split is scored last. The output folder loads anywhere with
+pairs' unknown characters and glosses appended (`--freeze_vocabulary` refuses them instead). The model trains with
+Seq2SeqTrainer (teacher forcing, label smoothing, fingerspelled names redrawn each epoch); every epoch is scored
+by generating glosses (gloss WER, BLEU, chrF, exact match), the best epoch by exact match is kept, and the test
+split is scored last. The output folder loads anywhere with
 `AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)`. `--config file.yaml` takes the same
 keys as the flags; a killed run resumes from its last epoch when started again with the same command.
 """
@@ -25,6 +27,7 @@ from hftune.jsl.train import (
     build_tokenizer,
     decide_device_and_precision,
     load_training_pairs,
+    respells,
     run_jsl_training,
 )
 from hftune.training.trainer import finish
@@ -75,12 +78,14 @@ def main(argv: list[str] | None = None) -> None:
         continuation = start_continuation(parent, splits, jsl_args)
         model, tokenizer = parent.model, parent.tokenizer
     else:
-        if jsl_args.freeze_vocabulary or jsl_args.replay_ratio:
+        if jsl_args.freeze_vocabulary or jsl_args.replay_ratio or jsl_args.parent_lr_ratio != 1.0:
             raise HftuneError(
-                "--freeze_vocabulary and --replay_ratio apply to a continued model; pass --model_name_or_path "
-                "with the saved model to continue"
+                "--freeze_vocabulary, --replay_ratio and --parent_lr_ratio apply to a continued model; pass "
+                "--model_name_or_path with the saved model to continue"
             )
-        tokenizer = build_tokenizer(splits["train"], jsl_args.max_source_length)
+        tokenizer = build_tokenizer(
+            splits["train"], jsl_args.max_source_length, spelling=respells(splits["train"], jsl_args)
+        )
         model = build_model(tokenizer, jsl_args, seed=training_args.seed)
 
     training_args, decision = decide_device_and_precision(jsl_args, training_args, model)

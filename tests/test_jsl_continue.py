@@ -22,7 +22,7 @@ from huggingface_hub import constants
 from safetensors.torch import load_file
 
 from hftune.jsl.artifacts import load_jsl_model
-from hftune.jsl.continuation import grow_embeddings
+from hftune.jsl.continuation import ParentUpdateScale, grow_embeddings
 from hftune.jsl.corpus import load_jsl_corpus
 from hftune.jsl.export import export_attentions
 from hftune.jsl.tokenization_jsl import JslTokenizer
@@ -291,6 +291,10 @@ def test_conflicts_and_frozen_vocabulary_are_refused_before_writing(parent, tmp_
     assert "already the training data without --train_file" in err
     err = recipe_error(["--output_dir", str(out), "--replay_ratio", "0.5"], capsys)
     assert "pass --model_name_or_path" in err
+    err = recipe_error([*base, "--parent_lr_ratio", "1.5"], capsys)
+    assert "--parent_lr_ratio 1.5 must be between 0 and 1" in err
+    err = recipe_error(["--output_dir", str(out), "--parent_lr_ratio", "0.1"], capsys)
+    assert "pass --model_name_or_path" in err
     err = recipe_error(["--output_dir", str(out), "--replay_ratio", "1.5"], capsys)
     assert "--replay_ratio 1.5" in err
     err = recipe_error(["--model_name_or_path", "./no/such/folder", "--output_dir", str(out)], capsys)
@@ -331,6 +335,35 @@ def test_grown_embeddings_keep_old_rows_and_start_new_ones_at_the_mean():
     torch.testing.assert_close(weight[: old.shape[0]], old, rtol=0, atol=0)
     torch.testing.assert_close(weight[old.shape[0] :], old.mean(dim=0).expand(2, -1))
     assert model.lm_head.weight is weight
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25])
+def test_parent_update_scale_slows_the_parent_weights_not_the_new_rows(ratio):
+    tokenizer = JslTokenizer.build_from_pairs([("あい", "<あ> <い>")])
+    model = build_model(
+        tokenizer, JslArguments(d_model=16, num_heads=2, encoder_layers=1, decoder_layers=1, d_ff=32), 0
+    )
+    first_new = len(tokenizer)
+    tokenizer.add_symbols(tokenizer.unknown_symbols([("う", "<う>")]))
+    grow_embeddings(model, len(tokenizer))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    callback = ParentUpdateScale(model, first_new, ratio)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = tokenizer(["あいう"], text_target=["<あ> <う>"], return_tensors="pt")
+    model(**batch).loss.backward()
+    callback.on_pre_optimizer_step(None, None, None)
+    optimizer.step()
+    full = {name: p.detach().clone() for name, p in model.named_parameters()}  # the optimizer's own step
+    callback.on_optimizer_step(None, None, None)
+    for name, param in model.named_parameters():
+        expected = before[name] + ratio * (full[name] - before[name])
+        if name == "encoder.embed_tokens.weight":
+            torch.testing.assert_close(param[first_new:], full[name][first_new:], rtol=0, atol=0)
+            assert not torch.equal(param[first_new:], before[name][first_new:])
+            param, expected = param[:first_new], expected[:first_new]
+        torch.testing.assert_close(param, expected, rtol=1e-6, atol=1e-7)
+    body = model.get_decoder().layers[0].feed_forward.fc1.weight
+    assert torch.equal(body, before["decoder.layers.0.feed_forward.fc1.weight"]) == (ratio == 0)
 
 
 def test_64_characters_and_32_glosses_fit_the_defaults(tmp_path, capsys):

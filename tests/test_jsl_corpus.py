@@ -28,6 +28,8 @@ from hftune.jsl.corpus import (
     load_gloss_pairs,
     load_jsl_corpus,
     potential_form,
+    respell,
+    to_hiragana,
     write_corpus,
 )
 from hftune.jsl.tokenization_jsl import source_tokens
@@ -259,6 +261,32 @@ def test_fingerspelling_notation():
         "<指:ケ> <指:ン>",
         "<指:ピ> <指:ザ>",
     ]
+
+
+def test_respelling_draws_new_words_in_the_same_script_and_never_a_held_out_one():
+    import random
+
+    rng = random.Random(0)
+    pairs = [
+        ("ケンジさんは明日来ます", "<明日> <指:ケ> <指:ン> <指:ジ> <来る>"),
+        ("けんじくんは学生だ", "<指:ケ> <指:ン> <指:ジ> <学生>"),
+    ]
+    held = held_out_spellings()
+    seen = set()
+    for _ in range(300):
+        for japanese, gloss in pairs:
+            new_ja, new_gloss = respell(japanese, gloss, rng)
+            (run,) = fingerspelled_runs(new_gloss)
+            word = "".join(token[3:-1] for token in run.split())
+            written = word if japanese[0] == "ケ" else to_hiragana(word)
+            assert new_ja == japanese.replace(japanese[:3], written, 1), (new_ja, new_gloss)
+            assert new_gloss.replace(run, "X") == gloss.replace("<指:ケ> <指:ン> <指:ジ>", "X")
+            assert not any(seq in run for seq in held), run
+            seen.add(word)
+    assert len(seen) > 400  # fresh words, not a short list
+    assert respell("私は食べる", "<私> <食べる>", rng) == ("私は食べる", "<私> <食べる>")
+    # A spelled word the text does not hold as written is kept.
+    assert respell("佐藤さん", "<指:サ> <指:ト> <指:ウ>", rng) == ("佐藤さん", "<指:サ> <指:ト> <指:ウ>")
 
 
 def test_held_out_fingerspelled_words_only_in_test(built):

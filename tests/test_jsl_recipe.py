@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hftune.jsl.artifacts import load_jsl_model
-from hftune.jsl.corpus import fingerspelled_runs, held_out_spellings, load_jsl_corpus
+from hftune.jsl.corpus import fingerspelled_runs, held_out_spellings, load_jsl_corpus, spelling_alphabet
 from hftune.jsl.train import gloss_tokens
 from hftune.persistence import MANIFEST_NAME, file_sha256
 from hftune.reporting.cards import read_model_index
@@ -286,6 +286,32 @@ def test_own_jsonl_and_csv_files(tmp_path):
     train_glosses = {g for r in corpus["train"].select(range(96)) for g in r["gloss"].split()}
     assert set(gloss_tokens(tokenizer)) == train_glosses
     assert (out / "validation_predictions.jsonl").is_file()
+
+
+def test_training_pairs_are_respelled_per_epoch_and_reproducibly():
+    from hftune.jsl.train import RespelledPairs, build_tokenizer
+
+    train = load_jsl_corpus("train").select(range(400))
+    tokenizer = build_tokenizer(train, 65, spelling=True)
+    assert not tokenizer.unknown_symbols([spelling_alphabet()])
+    pairs = RespelledPairs(train, tokenizer, 33, rate=0.5, seed=42)
+    spelled = [i for i, gloss in enumerate(train["gloss"]) if fingerspelled_runs(gloss)]
+    plain = [i for i, gloss in enumerate(train["gloss"]) if not fingerspelled_runs(gloss)]
+    assert len(spelled) > 50 and plain
+    first = [pairs[i] for i in range(len(pairs))]
+    assert [pairs[i] for i in range(len(pairs))] == first  # the same epoch draws the same words
+    pairs.set_epoch(1)
+    second = [pairs[i] for i in range(len(pairs))]
+    assert all(first[i] == second[i] for i in plain)
+    changed = [i for i in spelled if first[i] != second[i]]
+    assert 0.3 * len(spelled) < len(changed) < len(spelled)  # about half of the spelled pairs, redrawn
+    for i in changed[:20]:
+        # the target still spells, kana for kana, what the input says
+        labels = tokenizer.convert_ids_to_tokens(second[i]["labels"])
+        source = "".join(tokenizer.convert_ids_to_tokens(second[i]["input_ids"]))
+        for run in fingerspelled_runs(" ".join(labels)):
+            kana = "".join(token[3:-1] for token in run.split())
+            assert kana in source or kana.translate({c: c - 0x60 for c in range(0x30A1, 0x30F7)}) in source
 
 
 def recipe_error(argv: list[str], capsys) -> str:

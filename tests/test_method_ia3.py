@@ -77,3 +77,18 @@ def test_recipe_trains_and_evaluate_reloads_it_exactly(tmp_path, emotion_dir):
     assert read_results(out).evaluations[-1]["metrics"]["accuracy"] == pytest.approx(
         record.metrics["accuracy"], abs=1e-9
     )
+    # IA3 merges (peft 0.21 fails on BERT's pooler copy unless the trained copies are put in place first): the
+    # merged model is a plain transformers model giving the adapter's logits.
+    import torch
+
+    from hftune.evaluation import _merged_copy
+    from hftune.methods.registry import ARTIFACTS
+
+    merged = _merged_copy(out, record)
+    assert merged is not None and "peft" not in type(merged).__module__
+    adapter = ARTIFACTS["adapter"].load(out, [str(label) for label in record.labels]).eval()
+    inputs = {"input_ids": torch.tensor([[101, 7592, 2088, 2003, 2307, 102]])}
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged.eval()(**inputs).logits, adapter(**inputs).logits, atol=1e-5, rtol=1e-5
+        )

@@ -269,9 +269,23 @@ def _merged_copy(folder: Path, record: RunRecord) -> Any | None:
         return None
     model = ARTIFACTS["adapter"].load(folder, [str(label) for label in record.labels or []])
     try:
+        _put_trained_copies_in_place(model)
         return model.merge_and_unload()
     except (AttributeError, ValueError):  # prompt learning has no merge; adapters refuse it (not linear)
         return None
+
+
+def _put_trained_copies_in_place(model: Any) -> None:
+    """Replace each `modules_to_save` wrapper (the trained head and pooler) by its trained copy, as unloading does.
+    peft 0.21's IA3 unload assumes each copy has a `weight`, and BERT's pooler has none ("'BertPooler' object has
+    no attribute 'weight'"): done first, the merge sees only the adapted layers."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    inner = model.get_base_model()
+    for name, module in list(inner.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = name.rpartition(".")
+            setattr(inner.get_submodule(parent), child, module.modules_to_save[module.active_adapters[0]])
 
 
 def measure_latency(

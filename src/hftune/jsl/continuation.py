@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from hftune.config.checks import read_json
 from hftune.errors import HftuneError
@@ -69,6 +70,14 @@ class Continuation:
     added_symbols: list[str]
     eval_sets: dict[str, Any]  # name -> Dataset with `ja` and `gloss`
     before: dict[str, dict[str, float]]  # the parent's scores on eval_sets
+    first_new_id: int  # the parent's vocabulary size: ids from here on are the added symbols
+    parent_lr_ratio: float
+
+    def callbacks(self, model) -> list[TrainerCallback]:
+        """Trainer callbacks of the continued run: the slower updates of the parent's weights, if asked for."""
+        if self.parent_lr_ratio == 1.0:
+            return []
+        return [ParentUpdateScale(model, self.first_new_id, self.parent_lr_ratio)]
 
     def scores(self, model, tokenizer: JslTokenizer) -> dict[str, dict[str, dict[str, float]]]:
         """{set: {"before": ..., "after": ...}} with `model` as trained; logged as gained/lost exact match."""
@@ -91,6 +100,32 @@ class Continuation:
             "vocabulary_added": list(self.added_symbols),
             "continuation_scores": self.scores(model, tokenizer),
         }
+
+
+class ParentUpdateScale(TrainerCallback):
+    """Scales every optimizer update of the parent's weights by `ratio`; the embedding rows of symbols new to the
+    vocabulary (ids from `first_new_id`) take the whole update. New words are learnt at the full learning rate
+    while what the parent knew moves slowly. Scaling the update, not the gradient: Adam's step does not depend
+    on the gradient's scale, so only this slows it down."""
+
+    def __init__(self, model: torch.nn.Module, first_new_id: int, ratio: float) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.embedding = model.get_input_embeddings().weight
+        self.first_new_id = first_new_id
+        self.ratio = ratio
+        self.before: list[torch.Tensor] = []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.before = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        for param, before in zip(self.params, self.before, strict=True):
+            new_rows = param[self.first_new_id :].clone() if param is self.embedding else None
+            param.lerp_(before, 1.0 - self.ratio)  # before + ratio * (after - before)
+            if new_rows is not None:
+                param[self.first_new_id :] = new_rows
+        self.before = []
 
 
 def check_shape_flags(args: JslArguments, config: dict[str, Any], name: str) -> None:
@@ -207,6 +242,11 @@ def score_sets(model, tokenizer: JslTokenizer, eval_sets: dict[str, Any]) -> dic
 def start_continuation(parent: Parent, splits, args: JslArguments) -> Continuation:
     """Score the parent, then add the training pairs' unknown characters and glosses to its vocabulary (or refuse
     them under --freeze_vocabulary) and grow its embeddings."""
+    if not 0.0 <= args.parent_lr_ratio <= 1.0:
+        raise HftuneError(
+            f"--parent_lr_ratio {args.parent_lr_ratio} must be between 0 and 1: 1 trains every weight at "
+            "--learning_rate, 0.1 trains the loaded weights ten times slower than the new symbols' rows"
+        )
     pairs = list(zip(splits["train"]["ja"], splits["train"]["gloss"], strict=True))
     symbols = parent.tokenizer.unknown_symbols(pairs)
     if symbols and args.freeze_vocabulary:
@@ -226,6 +266,7 @@ def start_continuation(parent: Parent, splits, args: JslArguments) -> Continuati
         log(f"{parent.name} was not trained on {CORPUS_NAME}: no before/after score on its test split")
     before = score_sets(parent.model, parent.tokenizer, eval_sets)
 
+    first_new_id = len(parent.tokenizer)
     added = parent.tokenizer.add_symbols(symbols)
     if added:
         grow_embeddings(parent.model, len(parent.tokenizer))
@@ -233,8 +274,13 @@ def start_continuation(parent: Parent, splits, args: JslArguments) -> Continuati
         log(
             f"vocabulary: {len(added)} new characters/glosses appended ({shown}); now {len(parent.tokenizer)}"
         )
+        if args.parent_lr_ratio == 1.0:
+            log(
+                "new symbols learn slowly at the parent's learning rate and a higher one makes it forget: "
+                "--learning_rate 1e-2 --parent_lr_ratio 0.1 trains the new rows at 1e-2 and the rest at 1e-3"
+            )
     set_generation_config(parent.model, parent.tokenizer, for_trainer=True)
-    return Continuation(parent, added, eval_sets, before)
+    return Continuation(parent, added, eval_sets, before, first_new_id, args.parent_lr_ratio)
 
 
 @torch.no_grad()

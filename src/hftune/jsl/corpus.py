@@ -1474,6 +1474,49 @@ def _holds_held_out_word(japanese: str, gloss: str) -> bool:
     )
 
 
+def spelling_alphabet() -> tuple[str, str]:
+    """Every kana `random_spelling` can draw, as one (japanese, gloss) pair: katakana and hiragana, and each
+    one's fingerspelling gloss. A vocabulary built with it can encode every respelled pair."""
+    katakana = sorted(set("".join(_MORAE)) | {"ッ", "ー", "ン"})
+    return "".join(katakana) + to_hiragana("".join(katakana)), _bracket(fingerspell("".join(katakana)))
+
+
+def random_spelling(rng: random.Random) -> str:
+    """A random katakana practice word (2-4 morae, as the generator draws them) holding no held-out word."""
+    while True:
+        word = _random_word(rng, "person")
+        if not _holds_held_out_word(word.ja, _bracket(list(word.gloss))):
+            return word.ja
+
+
+def respell(japanese: str, gloss: str, rng: random.Random) -> tuple[str, str]:
+    """The pair with each fingerspelled word replaced by a fresh `random_spelling`, written in the script the text
+    used (katakana or hiragana); a spelled word the text does not hold as written is kept. Training on pairs
+    respelled every epoch teaches the kana -> sign mapping rather than a list of words."""
+    tokens = gloss.split()
+    out: list[str] = []
+    index = 0
+    while index < len(tokens):
+        if not is_fingerspelling(tokens[index]):
+            out.append(tokens[index])
+            index += 1
+            continue
+        end = index
+        while end < len(tokens) and is_fingerspelling(tokens[end]):
+            end += 1
+        run = tokens[index:end]
+        katakana = "".join(token[len(FINGERSPELLING_PREFIX) + 1 : -1] for token in run)
+        written = next((form for form in (katakana, to_hiragana(katakana)) if form in japanese), None)
+        if written is None:
+            out += run
+        else:
+            word = random_spelling(rng)
+            japanese = japanese.replace(written, word if written == katakana else to_hiragana(word), 1)
+            out += _bracket(fingerspell(word)).split()
+        index = end
+    return japanese, " ".join(out)
+
+
 def _choose_validation(rng: random.Random, pool: list[dict], size: int) -> tuple[list[dict], list[dict]]:
     """Move `size` random rows to validation, keeping every gloss they use in train at least once."""
     order = list(range(len(pool)))

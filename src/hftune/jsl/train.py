@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from transformers import (
     GenerationConfig,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
+    TrainerCallback,
     set_seed,
 )
 
@@ -36,8 +38,11 @@ from hftune.jsl.corpus import (
     CORPUS_NAME,
     fingerspelled_runs,
     held_out_spellings,
+    is_fingerspelling,
     load_gloss_pairs,
     load_jsl_corpus,
+    respell,
+    spelling_alphabet,
 )
 from hftune.jsl.export import DEFAULT_ATTENTION_INPUTS, check_weight_name, export_attentions, export_weights
 from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration
@@ -103,6 +108,14 @@ class JslArguments:
             "(Resuming an interrupted run needs no flag: start the same command again.)"
         },
     )
+    parent_lr_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": "With --model_name_or_path: the loaded model's weights take this fraction of each optimizer "
+            "update (they train at this fraction of --learning_rate); the embedding rows of symbols new to its "
+            "vocabulary take the whole update. Below 1 the model forgets less of what it knew."
+        },
+    )
     freeze_vocabulary: bool = field(
         default=False,
         metadata={
@@ -139,6 +152,14 @@ class JslArguments:
     )
     d_ff: int | None = field(
         default=None, metadata={"help": "Inner width of the feed-forward blocks. Default: the preset's."}
+    )
+    respelling_rate: float = field(
+        default=0.5,
+        metadata={
+            "help": "Each epoch, this share of the training pairs get their fingerspelled words (<指:カ> runs) "
+            "replaced by fresh random kana words, in the script the text used, so the model learns to spell "
+            "names it never saw instead of memorising the listed ones. 0 trains on the pairs as written."
+        },
     )
     dropout: float = field(
         default=0.1, metadata={"help": "Dropout on embeddings, sub-block outputs and FFNs."}
@@ -277,10 +298,18 @@ def load_training_pairs(args: JslArguments, seed: int):
     return splits, name, final_split
 
 
-def build_tokenizer(train, max_source_length: int) -> JslTokenizer:
-    """The joint vocabulary of the training pairs; inputs are cut at `max_source_length` characters."""
+def respells(train, args: JslArguments) -> bool:
+    """Whether training redraws fingerspelled words (`RespelledPairs`): --respelling_rate is on and the training
+    pairs hold fingerspelling."""
+    return bool(args.respelling_rate) and any(is_fingerspelling(t) for g in train["gloss"] for t in g.split())
+
+
+def build_tokenizer(train, max_source_length: int, spelling: bool = False) -> JslTokenizer:
+    """The joint vocabulary of the training pairs (with `spelling`, also every kana respelling can draw and its
+    fingerspelling gloss); inputs are cut at `max_source_length` characters."""
+    pairs = list(zip(train["ja"], train["gloss"], strict=True))
     return JslTokenizer.build_from_pairs(
-        zip(train["ja"], train["gloss"], strict=True), model_max_length=max_source_length
+        pairs + ([spelling_alphabet()] if spelling else []), model_max_length=max_source_length
     )
 
 
@@ -394,6 +423,47 @@ def tokenize_pairs(splits, tokenizer: JslTokenizer, max_target_length: int):
     if too_long:
         log(f"{too_long} training glosses exceed --max_target_length {max_target_length} and are truncated")
     return splits.map(encode, batched=True, remove_columns=["ja", "gloss"])
+
+
+class RespelledPairs(torch.utils.data.Dataset):
+    """Training pairs, tokenized on the fly, whose fingerspelled words are redrawn (`corpus.respell`) for
+    `rate` of the pairs each epoch: a name seen 40 times is 40 different names, so the model learns to spell
+    rather than memorise. The draw depends on (seed, epoch, index) only, so a resumed run sees the same data."""
+
+    def __init__(
+        self, train, tokenizer: JslTokenizer, max_target_length: int, rate: float, seed: int
+    ) -> None:
+        self.pairs = list(zip(train["ja"], train["gloss"], strict=True))
+        self.tokenizer = tokenizer
+        self.max_target_length = max_target_length
+        self.rate = rate
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        japanese, gloss = self.pairs[index]
+        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
+        if rng.random() < self.rate:
+            japanese, gloss = respell(japanese, gloss, rng)
+        encoded = self.tokenizer(japanese, truncation=True, max_length=self.tokenizer.model_max_length)
+        labels = self.tokenizer(text_target=gloss, truncation=True, max_length=self.max_target_length)
+        return {**encoded, "labels": labels["input_ids"]}
+
+
+class EpochCallback(TrainerCallback):
+    """Tells a `RespelledPairs` training set which epoch starts."""
+
+    def __init__(self, dataset: RespelledPairs) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(round(state.epoch or 0)))
 
 
 # --- device, metrics, trainer -------------------------------------------------------------------------------
@@ -578,20 +648,31 @@ def run_jsl_training(
         log_output_bound_misses(splits["train"], args)
         scorer = GlossScorer(tokenizer, normalised_references(splits["validation"]))
         memory = MemoryCallback()
+        train_dataset, callbacks = tokenized["train"], [memory]
+        if respells(splits["train"], args) and not tokenizer.unknown_symbols([spelling_alphabet()]):
+            train_dataset = RespelledPairs(
+                splits["train"], tokenizer, args.max_target_length, args.respelling_rate, training_args.seed
+            )
+            callbacks.append(EpochCallback(train_dataset))
+            log(
+                f"respelling: each epoch {args.respelling_rate:.0%} of the training pairs get new fingerspelled words"
+            )
+        if continuation is not None:
+            callbacks += continuation.callbacks(model)
         trainer = JslSeq2SeqTrainer(
             model=model,
             args=training_args,
-            train_dataset=tokenized["train"],
+            train_dataset=train_dataset,
             eval_dataset=tokenized["validation"],
             processing_class=tokenizer,
             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
             compute_metrics=scorer,
-            callbacks=[memory],
+            callbacks=callbacks,
         )
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         log(
-            f"{method}: {total:,} parameters, vocabulary {len(tokenizer)}, {len(tokenized['train'])} training pairs"
+            f"{method}: {total:,} parameters, vocabulary {len(tokenizer)}, {len(train_dataset)} training pairs"
         )
         run.training_started()
         started = time.perf_counter()
