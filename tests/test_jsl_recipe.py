@@ -337,6 +337,8 @@ def test_bad_flags_fail_before_writing_anything(tmp_path, capsys):
     assert "--d_model 30 is not divisible by --num_heads 4" in err and "--num_heads 3" in err
     err = recipe_error(["--output_dir", str(out), "--train_file", str(tmp_path / "missing.csv")], capsys)
     assert "missing.csv does not exist" in err
+    err = recipe_error(["--output_dir", str(out), "--respelling_rate", "1.5"], capsys)
+    assert "--respelling_rate 1.5 must be between 0" in err
     assert not out.exists()
 
 

@@ -250,3 +250,51 @@ def test_output_length_is_bounded_by_the_input_length(loaded):
     settings = {"output_length_ratio": 0.7, "output_length_slack": 1}
     assert output_limits(batch["attention_mask"].numpy(), settings).tolist() == limits.tolist()
     assert output_limits(batch["attention_mask"].numpy(), {"output_length_ratio": None}) is None
+
+
+def test_spelling_budget_spends_each_input_kana_once(loaded):
+    """A model pushed to spell <指:カ> forever emits it exactly as often as the input holds カ or か (greedy and
+    beam search), and the ONNX decoders count the same budgets."""
+    from transformers import LogitsProcessor
+
+    from hftune.jsl.modeling_jsl import spelling_budgets
+    from hftune.jsl.onnx_export import spelling_budgets as onnx_budgets
+    from hftune.jsl.tokenization_jsl import JslTokenizer
+    from hftune.jsl.train import spelling_sources
+
+    model, tokenizer = loaded
+    tokenizer = JslTokenizer(vocab=dict(tokenizer.get_vocab()))
+    tokenizer.add_symbols(["カ", "か", "<指:カ>"])
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    config.vocab_size = len(tokenizer)
+    config.spelling_sources = spelling_sources(tokenizer)
+    gloss = tokenizer.convert_tokens_to_ids("<指:カ>")
+    assert [
+        gloss,
+        tokenizer.convert_tokens_to_ids("カ"),
+        tokenizer.convert_tokens_to_ids("か"),
+    ] in config.spelling_sources
+    torch.manual_seed(0)
+    spelling = JslSeq2SeqForConditionalGeneration(config).eval()
+
+    class PreferSpelling(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = scores.clone()
+            scores[:, gloss] += 1e4
+            return scores
+
+    texts = ["カカか", "あ", "かいぎ"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    for kwargs in ({"num_beams": 1}, {"num_beams": 2}):
+        with torch.inference_mode():
+            out = spelling.generate(
+                **batch, do_sample=False, max_new_tokens=8, logits_processor=[PreferSpelling()], **kwargs
+            )
+        assert [row.tolist().count(gloss) for row in out] == [3, 0, 1], kwargs
+    glosses, counts = spelling_budgets(config, batch["input_ids"], batch["attention_mask"])
+    settings = {"spelling_sources": config.spelling_sources}
+    numpy_glosses, numpy_counts = onnx_budgets(
+        batch["input_ids"].numpy(), batch["attention_mask"].numpy(), settings
+    )
+    assert numpy_glosses.tolist() == glosses.tolist() and numpy_counts.tolist() == counts.tolist()
+    assert counts[:, glosses.tolist().index(gloss)].tolist() == [3, 0, 1]

@@ -47,6 +47,8 @@ export interface WebConfig {
   /** generate()'s bound: a row ends once it holds floor(ratio x input characters) + slack tokens; null: none. */
   output_length_ratio?: number | null;
   output_length_slack?: number;
+  /** generate()'s spelling budget: [gloss id, source ids...]; the gloss is emitted at most as often as the input holds its sources. */
+  spelling_sources?: number[][];
   decoder_layers: number;
   num_heads: number;
   head_dim: number;
@@ -149,6 +151,10 @@ function parseConfig(bytes: Uint8Array, url: string): WebConfig {
   if (!Array.isArray(c.suppress_tokens) || !c.suppress_tokens.every(Number.isInteger)) fail("has no suppress_tokens list");
   if (c.output_length_ratio != null && (typeof c.output_length_ratio !== "number" || !Number.isInteger(c.output_length_slack))) {
     fail("has an output_length_ratio without an integer output_length_slack");
+  }
+  const sources = c.spelling_sources;
+  if (sources != null && (!Array.isArray(sources) || !sources.every((entry) => Array.isArray(entry) && entry.length >= 2 && entry.every(Number.isInteger)))) {
+    fail("has a spelling_sources entry that is not a list of a gloss id and its source ids");
   }
   const size = (c.vocab as string[]).length;
   const ids = ["pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "decoder_start_token_id"];
@@ -338,6 +344,13 @@ export class JslTranslatorBase {
     const limits = encoded.map((ids) =>
       ratio == null ? Infinity : Math.floor(Math.max(ids.length - 1, 0) * ratio) + (c.output_length_slack ?? 0),
     );
+    // generate()'s spelling budget: per input row, how often each spelled gloss may still be emitted.
+    const sources = c.spelling_sources ?? [];
+    const budgets = encoded.map((ids) => {
+      const left = new Map<number, number>();
+      for (const [gloss, ...from] of sources) left.set(gloss, ids.filter((id) => from.includes(id)).length);
+      return left;
+    });
     const vocabSize = c.vocab.length;
     for (let step = 1; ; step++) {
       const logits = outputs.logits.data as Float32Array; // (active rows, 1, vocab)
@@ -345,22 +358,25 @@ export class JslTranslatorBase {
       const next: bigint[] = [];
       active.forEach((inputRow, row) => {
         const offset = row * vocabSize;
-        let best = this.allowedIds[0];
-        let bestScore = logits[offset + best];
+        const left = budgets[inputRow];
+        let best = -1;
+        let bestScore = -Infinity;
         const done = rows[inputRow];
         // generate()'s bound: the row's length limit, or a last-6-token tail with period 1 or 2 (a loop)
         const bounded =
           done.length >= limits[inputRow] ||
           (ratio != null && done.length >= 6 && [0, 1, 2, 3].every((i) => done[done.length - 6 + i] === done[done.length - 4 + i]));
-        for (let i = 1; i < this.allowedIds.length && !bounded; i++) {
+        for (let i = 0; i < this.allowedIds.length && !bounded; i++) {
           const id = this.allowedIds[i];
+          if (left.get(id) === 0) continue; // this gloss has spelled all of the input's kana it may
           // Strictly greater: the first maximum wins, as torch.argmax picks it.
-          if (logits[offset + id] > bestScore) {
+          if (best < 0 || logits[offset + id] > bestScore) {
             bestScore = logits[offset + id];
             best = id;
           }
         }
         if (bounded) best = c.eos_token_id;
+        if (left.has(best)) left.set(best, (left.get(best) as number) - 1);
         rows[inputRow].push(best);
         if (best !== c.eos_token_id) {
           keep.push(row);

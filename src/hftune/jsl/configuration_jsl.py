@@ -47,6 +47,10 @@ class JslSeq2SeqConfig(PretrainedConfig):
             unusual input cannot run on to `max_new_tokens`.
         output_length_slack (`int`, defaults to 3):
             Gloss tokens allowed on top of `output_length_ratio * input characters`.
+        spelling_sources (`list[list[int]]`, *optional*):
+            `[gloss_id, source_id, ...]` entries: `generate()` emits the gloss at most as many times as the input
+            holds any of the source ids. The JSL model lists each fingerspelling gloss `<指:カ>` with `カ` and `か`,
+            so a spelled word uses the input's kana, each once, and cannot repeat or invent one.
         tie_word_embeddings (`bool`, defaults to `True`):
             Whether the output projection (`lm_head`) reuses the shared token embedding matrix.
         label_smoothing (`float`, defaults to 0.0):
@@ -96,6 +100,7 @@ class JslSeq2SeqConfig(PretrainedConfig):
         max_target_length: int = 32,
         output_length_ratio: float | None = None,
         output_length_slack: int = 3,
+        spelling_sources: list[list[int]] | None = None,
         tie_word_embeddings: bool = True,
         label_smoothing: float = 0.0,
         init_std: float = 0.02,
@@ -128,6 +133,7 @@ class JslSeq2SeqConfig(PretrainedConfig):
         self.max_target_length = max_target_length
         self.output_length_ratio = output_length_ratio
         self.output_length_slack = output_length_slack
+        self.spelling_sources = [[int(i) for i in entry] for entry in spelling_sources or []]
         self.label_smoothing = label_smoothing
         self.init_std = init_std
         self.unk_token_id = unk_token_id

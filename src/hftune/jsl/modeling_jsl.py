@@ -378,6 +378,51 @@ class SourceLengthBound(LogitsProcessor):
         return scores
 
 
+class SpellingBudget(LogitsProcessor):
+    """Masks a gloss of `config.spelling_sources` in a row that has already emitted it as many times as the row's
+    input holds its source characters: fingerspelling spells the input's kana, so it never repeats or invents one.
+    `budgets` is (inputs, glosses); beams and returned sequences of one input share its row."""
+
+    def __init__(self, glosses: torch.Tensor, budgets: torch.Tensor) -> None:
+        self.glosses = glosses
+        self.budgets = budgets
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        glosses = self.glosses.to(input_ids.device)
+        budgets = self.budgets.to(input_ids.device).repeat_interleave(
+            input_ids.shape[0] // self.budgets.shape[0], 0
+        )
+        used = (input_ids[:, 1:, None] == glosses[None, None, :]).sum(1)
+        spent = used >= budgets
+        if spent.any():
+            scores = scores.clone()
+            rows, columns = spent.nonzero(as_tuple=True)
+            scores[rows, glosses[columns]] = -math.inf
+        return scores
+
+
+def spelling_budgets(config, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    """(gloss ids, (batch, glosses) counts of each gloss's source ids in each input), or None without
+    `config.spelling_sources`."""
+    sources = getattr(config, "spelling_sources", None)
+    if not sources:
+        return None
+    if attention_mask is None:
+        attention_mask = (input_ids != config.pad_token_id).long()
+    glosses = torch.tensor([entry[0] for entry in sources], device=input_ids.device)
+    counts = torch.stack(
+        [
+            (
+                (input_ids[..., None] == torch.tensor(entry[1:], device=input_ids.device)).any(-1)
+                & (attention_mask > 0)
+            ).sum(-1)
+            for entry in sources
+        ],
+        dim=1,
+    )
+    return glosses, counts
+
+
 def output_length_limits(
     config, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> torch.Tensor:
@@ -469,15 +514,24 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
         bound_output_length: bool = True,
         **kwargs,
     ):
-        """`GenerationMixin.generate`, plus the per-input output bound of `config.output_length_ratio` (when set,
-        the input ids are given and `bound_output_length` is True) as a logits processor."""
+        """`GenerationMixin.generate`, plus as logits processors (when the input ids are given) the per-input output
+        bound of `config.output_length_ratio` (when set and `bound_output_length` is True) and the spelling budget of
+        `config.spelling_sources`."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         ratio = getattr(self.config, "output_length_ratio", None)
+        processors = list(logits_processor or [])
         if bound_output_length and ratio is not None and input_ids is not None:
             limits = output_length_limits(self.config, input_ids, kwargs.get("attention_mask"))
-            logits_processor = LogitsProcessorList(
-                [*(logits_processor or []), SourceLengthBound(limits, self.config.eos_token_id)]
-            )
+            processors.append(SourceLengthBound(limits, self.config.eos_token_id))
+        budgets = (
+            None
+            if input_ids is None
+            else spelling_budgets(self.config, input_ids, kwargs.get("attention_mask"))
+        )
+        if budgets is not None:
+            processors.append(SpellingBudget(*budgets))
+        if processors:
+            logits_processor = LogitsProcessorList(processors)
         return super().generate(
             inputs, generation_config=generation_config, logits_processor=logits_processor, **kwargs
         )

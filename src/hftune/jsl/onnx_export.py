@@ -246,10 +246,25 @@ def generation_settings(model: nn.Module, tokenizer) -> dict[str, Any]:
         # generate()'s per-input bound (modeling_jsl.output_length_limits); null ratio: no bound
         "output_length_ratio": getattr(config, "output_length_ratio", None),
         "output_length_slack": int(getattr(config, "output_length_slack", 0) or 0),
+        # generate()'s spelling budget (modeling_jsl.SpellingBudget): [gloss id, source ids...]; empty: none
+        "spelling_sources": [list(entry) for entry in getattr(config, "spelling_sources", None) or []],
         "decoder_layers": int(config.decoder_layers),
         "num_heads": int(config.num_heads),
         "head_dim": int(config.d_model // config.num_heads),
     }
+
+
+def spelling_budgets(input_ids: np.ndarray, attention_mask: np.ndarray, settings: dict[str, Any]):
+    """(gloss ids, (batch, glosses) counts of their source ids in each input), as `generate()` counts them; None
+    without spelling sources."""
+    sources = settings.get("spelling_sources") or []
+    if not sources:
+        return None
+    glosses = np.array([entry[0] for entry in sources], dtype=np.int64)
+    counts = np.stack(
+        [(np.isin(input_ids, entry[1:]) & (attention_mask > 0)).sum(-1) for entry in sources], axis=1
+    )
+    return glosses, counts
 
 
 def output_limits(attention_mask: np.ndarray, settings: dict[str, Any]) -> np.ndarray | None:
@@ -307,6 +322,7 @@ class OnnxGreedyDecoder:
         unfinished = np.ones(batch, dtype=bool)
         tokens, logits = [], []
         limits = output_limits(attention_mask, s)
+        budgets = spelling_budgets(input_ids, attention_mask, s)
         while True:
             step_logits = outputs["logits"][:, -1, :]
             logits.append(step_logits)
@@ -319,6 +335,13 @@ class OnnxGreedyDecoder:
                     full |= (tail[:, 2:] == tail[:, :-2]).all(axis=1)
                 scores[full] = -np.inf
                 scores[full, s["eos_token_id"]] = 0.0
+            if budgets is not None:  # glosses that have spent their input's kana
+                glosses, counts = budgets
+                used = np.zeros_like(counts)
+                if tokens:
+                    used = (np.stack(tokens, axis=1)[:, :, None] == glosses[None, None, :]).sum(1)
+                rows, columns = np.nonzero(used >= counts)
+                scores[rows, glosses[columns]] = -np.inf
             next_ids = np.where(unfinished, scores.argmax(-1), s["pad_token_id"]).astype(np.int64)
             tokens.append(next_ids)
             unfinished &= next_ids != s["eos_token_id"]

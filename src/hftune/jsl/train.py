@@ -36,6 +36,7 @@ from hftune.jsl.artifacts import write_jsl_folder
 from hftune.jsl.configuration_jsl import JslSeq2SeqConfig
 from hftune.jsl.corpus import (
     CORPUS_NAME,
+    FINGERSPELLING_PREFIX,
     fingerspelled_runs,
     held_out_spellings,
     is_fingerspelling,
@@ -43,6 +44,7 @@ from hftune.jsl.corpus import (
     load_jsl_corpus,
     respell,
     spelling_alphabet,
+    to_hiragana,
 )
 from hftune.jsl.export import DEFAULT_ATTENTION_INPUTS, check_weight_name, export_attentions, export_weights
 from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration
@@ -187,6 +189,13 @@ class JslArguments:
             "corpus needs 0.62 with slack 3). 0 turns the bound off."
         },
     )
+    spelling_budget: bool = field(
+        default=True,
+        metadata={
+            "help": "Saved in the model config (spelling_sources): generation emits a fingerspelling gloss <指:カ> at "
+            "most as many times as the input holds カ or か, so a spelled name cannot repeat or invent kana."
+        },
+    )
     output_length_slack: int = field(
         default=3,
         metadata={"help": "Gloss tokens allowed on top of --output_length_ratio x input characters."},
@@ -301,6 +310,11 @@ def load_training_pairs(args: JslArguments, seed: int):
 def respells(train, args: JslArguments) -> bool:
     """Whether training redraws fingerspelled words (`RespelledPairs`): --respelling_rate is on and the training
     pairs hold fingerspelling."""
+    if not 0.0 <= args.respelling_rate <= 1.0:
+        raise HftuneError(
+            f"--respelling_rate {args.respelling_rate} must be between 0 (train on the pairs as written) and 1 "
+            "(redraw every fingerspelled word each epoch)"
+        )
     return bool(args.respelling_rate) and any(is_fingerspelling(t) for g in train["gloss"] for t in g.split())
 
 
@@ -326,6 +340,7 @@ def build_model(tokenizer: JslTokenizer, args: JslArguments, seed: int) -> JslSe
             max_target_length=args.max_target_length,
             output_length_ratio=args.output_length_ratio or None,
             output_length_slack=args.output_length_slack,
+            spelling_sources=spelling_sources(tokenizer) if args.spelling_budget else None,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -338,6 +353,19 @@ def build_model(tokenizer: JslTokenizer, args: JslArguments, seed: int) -> JslSe
     model = JslSeq2SeqForConditionalGeneration(config)
     set_generation_config(model, tokenizer, for_trainer=True)
     return model
+
+
+def spelling_sources(tokenizer: JslTokenizer) -> list[list[int]]:
+    """`config.spelling_sources`: each fingerspelling gloss `<指:カ>` with the ids of `カ` and `か` in the vocabulary."""
+    vocab = tokenizer.get_vocab()
+    entries = []
+    for token, index in sorted(vocab.items(), key=lambda item: item[1]):
+        if is_fingerspelling(token):
+            kana = token[len(FINGERSPELLING_PREFIX) + 1 : -1]
+            sources = [vocab[form] for form in dict.fromkeys((kana, to_hiragana(kana))) if form in vocab]
+            if sources:
+                entries.append([index, *sources])
+    return entries
 
 
 def set_generation_config(model, tokenizer: JslTokenizer, *, for_trainer: bool) -> None:
@@ -649,7 +677,9 @@ def run_jsl_training(
         scorer = GlossScorer(tokenizer, normalised_references(splits["validation"]))
         memory = MemoryCallback()
         train_dataset, callbacks = tokenized["train"], [memory]
-        if respells(splits["train"], args) and not tokenizer.unknown_symbols([spelling_alphabet()]):
+        if respells(splits["train"], args) and tokenizer.unknown_symbols([spelling_alphabet()]):
+            log("respelling off: the vocabulary lacks kana that new fingerspelled words would use")
+        elif respells(splits["train"], args):
             train_dataset = RespelledPairs(
                 splits["train"], tokenizer, args.max_target_length, args.respelling_rate, training_args.seed
             )
