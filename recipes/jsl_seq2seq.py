@@ -4,8 +4,8 @@
     python recipes/jsl_seq2seq.py --model_size small                # presets: tiny (default), small, base
     python recipes/jsl_seq2seq.py --train_file my_pairs.csv --test_file my_test.csv --num_train_epochs 60
     python recipes/jsl_seq2seq.py --model_name_or_path outputs/jsl_seq2seq --train_file my_pairs.csv \
-        --replay_ratio 0.5 --num_train_epochs 2 --learning_rate 1e-2 --parent_lr_ratio 0.1 \
-        --output_dir outputs/jsl_mine   # continue with new words: new rows at 1e-2, the rest at 1e-3
+        --replay_ratio 0.5 --num_train_epochs 2 --learning_rate 1e-2 --parent_lr_ratio 0.03 \
+        --output_dir outputs/jsl_mine   # continue with new words: new rows at 1e-2, the rest at 3e-4
     python recipes/jsl_seq2seq.py --export_attentions --export_weights encoder.embed_tokens.weight
     hftune translate --model outputs/jsl_seq2seq "ありがとう"
 

@@ -260,3 +260,26 @@ def test_latency_share_and_weights_columns(tiny_runs, tmp_path):
     header = (tmp_path / "board" / "leaderboard.md").read_text(encoding="utf-8").splitlines()[0]
     for column in ("notes' share", "weights (MB)", "latency b1 (x base)", "merged b32 (x base)"):
         assert f" {column} |" in header
+
+
+def test_per_method_learning_rates_from_the_config(tmp_path):
+    """`learning_rates` in the leaderboard config gives a method its rate (the others keep their recipe's);
+    an unknown method or a rate that is not a positive number is refused before anything trains."""
+    config = tmp_path / "board.yaml"
+    config.write_text("methods: [adapters, lora]\nlearning_rates:\n  adapters: 3.0e-3\n", encoding="utf-8")
+    parser = leaderboard.build_parser()
+    leaderboard._apply_config(parser, str(config))
+    args = parser.parse_args(["--run", "--output_dir", str(tmp_path / "runs")])
+    adapters = leaderboard.method_command("adapters", args, [])
+    assert adapters[adapters.index("--learning_rate") + 1] == "0.003"
+    assert "--learning_rate" not in leaderboard.method_command("lora", args, [])
+    assert leaderboard.method_learning_rates(["prefix=3e-2"]) == {"prefix": 0.03}
+    with pytest.raises(HftuneError, match="'adaptors' is not a method; choose from"):
+        leaderboard.method_learning_rates({"adaptors": 1e-3})
+    with pytest.raises(HftuneError, match="--learning_rates lora=fast: the rate must be a positive number"):
+        leaderboard.method_learning_rates(["lora=fast"])
+    with pytest.raises(HftuneError, match="lora=0"):
+        leaderboard.leaderboard_command(
+            ["--run", "--output_dir", str(tmp_path / "x"), "--learning_rates", "lora=0"]
+        )
+    assert not (tmp_path / "x" / "lora").exists()

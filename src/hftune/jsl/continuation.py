@@ -245,7 +245,7 @@ def start_continuation(parent: Parent, splits, args: JslArguments) -> Continuati
     if not 0.0 <= args.parent_lr_ratio <= 1.0:
         raise HftuneError(
             f"--parent_lr_ratio {args.parent_lr_ratio} must be between 0 and 1: 1 trains every weight at "
-            "--learning_rate, 0.1 trains the loaded weights ten times slower than the new symbols' rows"
+            "--learning_rate, 0.03 trains the loaded weights at 3% of the new symbols' rate"
         )
     pairs = list(zip(splits["train"]["ja"], splits["train"]["gloss"], strict=True))
     symbols = parent.tokenizer.unknown_symbols(pairs)
@@ -277,7 +277,7 @@ def start_continuation(parent: Parent, splits, args: JslArguments) -> Continuati
         if args.parent_lr_ratio == 1.0:
             log(
                 "new symbols learn slowly at the parent's learning rate and a higher one makes it forget: "
-                "--learning_rate 1e-2 --parent_lr_ratio 0.1 trains the new rows at 1e-2 and the rest at 1e-3"
+                "--learning_rate 1e-2 --parent_lr_ratio 0.03 trains the new rows at 1e-2 and the rest at 3e-4"
             )
     set_generation_config(parent.model, parent.tokenizer, for_trainer=True)
     return Continuation(parent, added, eval_sets, before, first_new_id, args.parent_lr_ratio)

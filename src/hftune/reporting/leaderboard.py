@@ -498,6 +498,9 @@ def method_command(method: str, args: argparse.Namespace, recipe_args: Sequence[
         value = getattr(args, name)
         if value is not None:
             shared += [f"--{name}", str(value)]
+    rate = method_learning_rates(getattr(args, "learning_rates", None)).get(method)
+    if rate is not None:
+        shared += ["--learning_rate", str(rate)]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     return [
         *launch,
@@ -636,7 +639,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max_eval_samples", type=int)
     run.add_argument("--max_seq_length", type=int)
     run.add_argument("--seed", type=int, default=42)
+    run.add_argument(
+        "--learning_rates",
+        nargs="+",
+        metavar="METHOD=LR",
+        help="a method's learning rate (default: its recipe's); in --config a mapping method: rate",
+    )
     return parser
+
+
+def method_learning_rates(values) -> dict[str, float]:
+    """--learning_rates as {method: rate}, from METHOD=LR words or a --config mapping; unknown methods and
+    rates that are not positive numbers are refused."""
+    if not values:
+        return {}
+    pairs = values.items() if isinstance(values, dict) else [str(v).partition("=")[::2] for v in values]
+    rates = {}
+    for method, rate in pairs:
+        if method not in leaderboard_methods():
+            raise HftuneError(
+                f"--learning_rates: {method!r} is not a method; choose from {', '.join(leaderboard_methods())}"
+            )
+        try:
+            rates[method] = float(rate)
+        except (TypeError, ValueError):
+            rates[method] = -1.0
+        if not rates[method] > 0:
+            raise HftuneError(
+                f"--learning_rates {method}={rate}: the rate must be a positive number, e.g. {method}=3e-3"
+            )
+    return rates
 
 
 def _apply_config(parser: argparse.ArgumentParser, path: str) -> list[str]:
@@ -682,6 +714,7 @@ def leaderboard_command(argv: list[str]) -> int:
     if args.run:
         check_writable_folder(args.output_dir)
         check_training_length(args.num_train_epochs, -1)
+        method_learning_rates(args.learning_rates)  # refused before any method trains
         for name in (
             "per_device_train_batch_size",
             "max_train_samples",
