@@ -440,12 +440,16 @@ def log_output_bound_misses(train, args: JslArguments) -> None:
         )
 
 
+def encode_pairs(tokenizer: JslTokenizer, japanese, glosses, max_target_length: int) -> dict[str, Any]:
+    """`input_ids`, `attention_mask` and `labels` of one pair (strings) or of a batch (lists of strings)."""
+    encoded = tokenizer(japanese, truncation=True, max_length=tokenizer.model_max_length)
+    labels = tokenizer(text_target=glosses, truncation=True, max_length=max_target_length)
+    return {**encoded, "labels": labels["input_ids"]}
+
+
 def tokenize_pairs(splits, tokenizer: JslTokenizer, max_target_length: int):
     def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
-        encoded = tokenizer(batch["ja"], truncation=True, max_length=tokenizer.model_max_length)
-        labels = tokenizer(text_target=batch["gloss"], truncation=True, max_length=max_target_length)
-        encoded["labels"] = labels["input_ids"]
-        return encoded
+        return encode_pairs(tokenizer, batch["ja"], batch["gloss"], max_target_length)
 
     too_long = sum(len(target_tokens(g)) + 1 > max_target_length for g in splits["train"]["gloss"])
     if too_long:
@@ -479,9 +483,7 @@ class RespelledPairs(torch.utils.data.Dataset):
         rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
         if rng.random() < self.rate:
             japanese, gloss = respell(japanese, gloss, rng)
-        encoded = self.tokenizer(japanese, truncation=True, max_length=self.tokenizer.model_max_length)
-        labels = self.tokenizer(text_target=gloss, truncation=True, max_length=self.max_target_length)
-        return {**encoded, "labels": labels["input_ids"]}
+        return encode_pairs(self.tokenizer, japanese, gloss, self.max_target_length)
 
 
 class EpochCallback(TrainerCallback):
