@@ -5,7 +5,7 @@ thread) and in Node (onnxruntime-node, one thread) beside PyTorch (`hftune trans
     python benchmarks/bench_jsl_web.py                               # trains the recipe's default model first
     python benchmarks/bench_jsl_web.py --quick                       # smoke run on a tiny model
 
-Without `--model` (or `JSL_MODEL`) the recipe's default model (d_model 128, 2+2 layers, 40 epochs) is trained
+Without `--model` (or `JSL_MODEL`) the recipe's default model (d_model 128, 2+2 layers, 60 epochs) is trained
 once into `OUTPUT_DIR/jsl_web_model` (about 4 minutes on 2 idle cores) and reused by later runs. The model is
 exported with `hftune export onnx` into `OUTPUT_DIR/jsl_web_export`, which the page loads from a real HTTP
 server on 127.0.0.1 and Node reads from disk. All three runtimes translate the corpus's test split: batched

@@ -11,7 +11,8 @@
 
 A new model's tokenizer is built from the training pairs; a continued model keeps its parent's, with the new
 pairs' unknown characters and glosses appended (`--freeze_vocabulary` refuses them instead). The model trains with
-Seq2SeqTrainer (teacher forcing, label smoothing, fingerspelled names redrawn each epoch); every epoch is scored
+Seq2SeqTrainer (teacher forcing, label smoothing, fingerspelled names redrawn each epoch, a copy head that spells
+by pointing at the input's kana); every epoch is scored
 by generating glosses (gloss WER, BLEU, chrF, exact match), the best epoch by exact match is kept, and the test
 split is scored last. The output folder loads anywhere with
 `AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)`. `--config file.yaml` takes the same
@@ -38,7 +39,8 @@ RECIPE_DEFAULTS = {
     "warmup_steps": 0.05,
     "lr_scheduler_type": "linear",
     "weight_decay": 0.01,
-    "num_train_epochs": 40,
+    # 60 epochs train in about 12.7 minutes on 2 CPU cores (BENCHMARKS.md, section 9); 40 left spelling undertrained
+    "num_train_epochs": 60,
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 128,
     "seed": 42,

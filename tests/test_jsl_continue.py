@@ -31,6 +31,7 @@ from hftune.jsl.train import (
     JslArguments,
     build_model,
     build_tokenizer,
+    generation_cap,
     model_shape,
     set_generation_config,
     tokenize_pairs,
@@ -63,6 +64,9 @@ NEW_PAIRS = [
     ("鵺を見ました", "<鵺> <見る>"),
     ("パンダ", "<パンダ>"),
 ]
+
+# ヴ is not in the fingerspelling alphabet of a new model: its kana and sign are new symbols of the parent.
+NEW_SPELLED_PAIR = ("ヴィクトルが好きです", "<指:ヴ> <指:ィ> <指:ク> <指:ト> <指:ル> <好き>")
 
 
 def load_recipe():
@@ -107,7 +111,9 @@ def new_pairs_file(tmp_path_factory) -> tuple[Path, Path]:
     """Training pairs: 24 of the corpus's, then the new ones 4 times; validation: the new ones."""
     old = load_jsl_corpus("train").select(range(24))
     folder = tmp_path_factory.mktemp("data")
-    train = write_pairs(folder / "new.csv", [*zip(old["ja"], old["gloss"], strict=True), *NEW_PAIRS * 4])
+    train = write_pairs(
+        folder / "new.csv", [*zip(old["ja"], old["gloss"], strict=True), *NEW_PAIRS * 4, NEW_SPELLED_PAIR]
+    )
     return train, write_pairs(folder / "new_validation.csv", NEW_PAIRS)
 
 
@@ -153,11 +159,18 @@ def test_new_symbols_are_appended_and_used_after_training(parent, grown):
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == len(tokenizer) and config["vocab_hash"] == tokenizer.vocab_hash()
     generation = json.loads((out / "generation_config.json").read_text())
-    assert generation["num_beams"] == 2 and generation["max_new_tokens"] == config["max_target_length"] == 33
+    assert generation["num_beams"] == 2 and config["max_target_length"] == 33
+    assert generation["max_new_tokens"] == config["max_source_length"] - 1 + config["output_length_slack"] + 1
     # Glosses new to the vocabulary may be generated; new characters may not (the source side only).
     suppressed = set(generation["suppress_tokens"])
     assert new_vocab["<パンダ>"] not in suppressed and new_vocab["鵺"] in suppressed
     assert config["vocab_hash"] != old.vocab_hash()
+    # A new fingerspelling sign joins the spelling budget and the copy head with its kana.
+    assert [new_vocab["<指:ヴ>"], new_vocab["ヴ"]] in config["spelling_sources"]
+    assert (
+        len(config["spelling_sources"])
+        == len(json.loads((parent / "config.json").read_text())["spelling_sources"]) + 1
+    )
     outputs = translate(["パンダが好きです", "パンダを見ました", "鵺が好きです"], model, tokenizer)
     assert any("<パンダ>" in gloss.split() for gloss in outputs), outputs
     corpus_pairs = len(load_jsl_corpus("train"))
@@ -386,7 +399,8 @@ def test_64_characters_and_32_glosses_fit_the_defaults(tmp_path, capsys):
         ids = model.generate(
             **tokenizer([source], return_tensors="pt"), min_new_tokens=33, bound_output_length=False
         )
-    assert ids.shape[1] == 34  # start + 33 tokens: the generation limit covers 32 glosses and </s>
+    # start + the cap, which covers 32 glosses and </s> and the longest output the bound allows (0.8 x 64 + 3)
+    assert ids.shape[1] == 1 + generation_cap(model.config) == 1 + int(0.8 * 64) + 3 + 1
     assert model.decoder._position_table.shape[0] >= 35
     translate([source], model, tokenizer)
     export_attentions(model, tokenizer, [source], tmp_path / "attentions", 24)

@@ -489,3 +489,98 @@ def test_save_refuses_a_tokenizer_of_another_size(trained, tmp_path):
     with pytest.raises(HftuneError, match="vocab_size"):
         save_jsl_model(trained, other, tmp_path / "model", {})
     assert not (tmp_path / "model").exists()
+
+
+# -- fingerspelling copy head (config.spelling_copy) -------------------------------------------------------------
+
+SPELLED = [
+    ("ケンジさんはあした来ます", "<指:ケ> <指:ン> <指:ジ> <明日> <来る>"),
+    ("りなさんは学生です", "<指:リ> <指:ナ> <学生>"),
+    ("マリアはコーヒーが好き", "<指:マ> <指:リ> <指:ア> <指:コ> <指:ー> <指:ヒ> <指:ー> <好き>"),
+]
+
+
+@pytest.fixture(scope="module")
+def copying():
+    """A random tiny model with the copy head over every `<指:*>` gloss of a vocabulary that holds them."""
+    from hftune.jsl.train import spelling_sources
+
+    tokenizer = JslTokenizer.build_from_pairs(PAIRS + SPELLED)
+    sources = spelling_sources(tokenizer)
+    torch.manual_seed(0)
+    model = JslSeq2SeqForConditionalGeneration(
+        tiny_config(tokenizer, spelling_sources=sources, spelling_copy=True)
+    ).eval()
+    batch = tokenizer([ja for ja, _ in SPELLED] + ["学生です"], padding=True, return_tensors="pt")
+    return model, tokenizer, batch
+
+
+def test_copy_head_joins_each_spelling_glosss_score_with_pointers_at_its_kana(copying):
+    """Recomputed by hand: a spelling gloss scores logaddexp(lm_head, log sum exp(q.k_j / sqrt(d))) over the input
+    positions j holding its katakana or hiragana; every other logit is lm_head's. An input without kana gets
+    lm_head's logits."""
+    model, tokenizer, batch = copying
+    decoder_input_ids = torch.tensor([[1, 5, 6]] * batch["input_ids"].shape[0])
+    with torch.no_grad():
+        out = model(**encoder_inputs(batch), decoder_input_ids=decoder_input_ids, output_hidden_states=True)
+        hidden = out.decoder_hidden_states[-1]
+        plain = model.lm_head(hidden)
+        # The query: the decoder state and the embedding of the gloss it was fed; each key: its position's encoder
+        # state and the one before (zeros before the first).
+        fed = model.get_input_embeddings()(decoder_input_ids) * model.config.d_model**0.5
+        query = model.copy_query(torch.cat([hidden, fed], dim=-1))
+        encoded = out.encoder_last_hidden_state
+        before = torch.cat([torch.zeros_like(encoded[:, :1]), encoded[:, :-1]], dim=1)
+        keys = model.encoder.copy_key(torch.cat([encoded, before], dim=-1))
+    scores = query @ keys.transpose(1, 2) / model.config.d_model**0.5
+    glosses = {entry[0]: entry[1:] for entry in model.config.spelling_sources}
+    expected = plain.clone()
+    copied_somewhere = 0
+    for row, ids in enumerate(batch["input_ids"].tolist()):
+        for gloss, source_ids in glosses.items():
+            positions = [j for j, i in enumerate(ids) if i in source_ids]
+            if positions:
+                copied = torch.logsumexp(scores[row][:, positions], dim=-1)
+                expected[row, :, gloss] = torch.logaddexp(plain[row, :, gloss], copied)
+                copied_somewhere += 1
+    # Glosses with kana in each input: ケンジ + あ, ま (5); り, な, ん (3); マリア + コ, ー, ヒ (6); none in 学生です.
+    assert copied_somewhere == 5 + 3 + 6
+    torch.testing.assert_close(out.logits, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out.logits[-1], plain[-1]
+    )  # ありがとう holds no katakana, and あ is not spelled here
+
+
+def test_copy_head_generation_cache_beams_and_reload(copying, tmp_path):
+    """The copy keys and map ride in the encoder output: the cached decoder, beam search (which repeats them per
+    beam) and a saved-and-reloaded model all give the uncached model's outputs."""
+    model, tokenizer, batch = copying
+    kwargs = dict(num_beams=1, do_sample=False, min_new_tokens=8, max_new_tokens=8, bound_output_length=False)
+    cached = model.generate(**encoder_inputs(batch), use_cache=True, **kwargs)
+    uncached = model.generate(**encoder_inputs(batch), use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, greedy_without_cache(model, batch, 8))
+    beams = model.generate(**encoder_inputs(batch), num_beams=3, num_return_sequences=2, max_new_tokens=6)
+    assert beams.shape[0] == 2 * batch["input_ids"].shape[0]
+    folder = save_jsl_model(model, tokenizer, tmp_path / "model", {"seed": 0})
+    reloaded, _ = load_jsl_model(folder)
+    assert reloaded.config.spelling_copy
+    with torch.no_grad():
+        decoder_input_ids = cached[:, :-1]
+        before = model(**encoder_inputs(batch), decoder_input_ids=decoder_input_ids).logits
+        after = reloaded(**encoder_inputs(batch), decoder_input_ids=decoder_input_ids).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_copy_head_needs_spelling_sources_and_its_encoder_output(copying):
+    model, _, batch = copying
+    with pytest.raises(ValueError, match="spelling_copy=True needs spelling_sources"):
+        JslSeq2SeqConfig(spelling_copy=True)
+    with torch.no_grad():
+        hidden = model.get_encoder()(**encoder_inputs(batch)).last_hidden_state
+        with pytest.raises(ValueError, match="pass encoder_outputs as the model's encoder returns them"):
+            model(
+                attention_mask=batch["attention_mask"],
+                encoder_outputs=(hidden,),
+                decoder_input_ids=batch["input_ids"][:, :1],
+            )

@@ -148,7 +148,9 @@ def test_saved_folder_is_complete(run):
     assert tokenizer.model_max_length == 65
 
     generation = json.loads((out / "generation_config.json").read_text())
-    assert generation["max_new_tokens"] == 33 and "max_length" not in generation
+    # Users' cap sits above the longest output the bound allows (64 kana + 3), so the bound decides.
+    assert config["output_length_spelling"] and generation["max_new_tokens"] == 64 + 3 + 1
+    assert "max_length" not in generation
     # Trainer turns config.use_cache off for training; the saved model must generate with the KV cache.
     assert config["use_cache"] is True and generation.get("use_cache", True) is True
     assert set(generation["suppress_tokens"]).isdisjoint(
@@ -341,6 +343,8 @@ def test_bad_flags_fail_before_writing_anything(tmp_path, capsys):
     assert "missing.csv does not exist" in err
     err = recipe_error(["--output_dir", str(out), "--respelling_rate", "1.5"], capsys)
     assert "--respelling_rate 1.5 must be between 0" in err
+    err = recipe_error(["--output_dir", str(out), "--spelling_budget", "false"], capsys)
+    assert "--spelling_copy needs --spelling_budget" in err and "--spelling_copy false" in err
     assert not out.exists()
 
 

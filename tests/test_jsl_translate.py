@@ -223,7 +223,7 @@ def test_output_length_is_bounded_by_the_input_length(loaded):
     _, tokenizer = loaded
     trained, _ = loaded
     config = trained.config.__class__.from_dict(trained.config.to_dict())
-    config.output_length_ratio, config.output_length_slack = 0.7, 1
+    config.output_length_ratio, config.output_length_slack, config.output_length_spelling = 0.7, 1, False
     torch.manual_seed(0)
     model = JslSeq2SeqForConditionalGeneration(config).eval()
     model.generation_config = trained.generation_config
@@ -248,8 +248,20 @@ def test_output_length_is_bounded_by_the_input_length(loaded):
     assert periodic_tail(tails).tolist() == [True, True, False, False]
     assert periodic_tail(tails[:, :5]).tolist() == [False] * 4
     settings = {"output_length_ratio": 0.7, "output_length_slack": 1}
-    assert output_limits(batch["attention_mask"].numpy(), settings).tolist() == limits.tolist()
-    assert output_limits(batch["attention_mask"].numpy(), {"output_length_ratio": None}) is None
+    arrays = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    assert output_limits(*arrays, settings).tolist() == limits.tolist()
+    assert output_limits(*arrays, {"output_length_ratio": None}) is None
+    # output_length_spelling (the recipe's models): a kana that a spelling gloss spells counts one whole token,
+    # since a fingerspelled word takes one gloss per kana; the other characters count 0.7.
+    assert trained.config.output_length_spelling and trained.config.spelling_sources
+    config.output_length_spelling = True
+    spelled_ids = {i for entry in config.spelling_sources for i in entry[1:]}
+    kana = [sum(i in spelled_ids for i in ids) for ids in batch["input_ids"].tolist()]
+    assert any(0 < k < n for n, k in zip(characters, kana, strict=True))  # kana and other characters
+    spelled = output_length_limits(config, batch["input_ids"], batch["attention_mask"])
+    assert spelled.tolist() == [int(0.7 * (n - k)) + k + 1 for n, k in zip(characters, kana, strict=True)]
+    settings |= {"output_length_spelling": True, "spelling_sources": config.spelling_sources}
+    assert output_limits(*arrays, settings).tolist() == spelled.tolist()
 
 
 def test_spelling_budget_spends_each_input_kana_once(loaded):
@@ -298,3 +310,20 @@ def test_spelling_budget_spends_each_input_kana_once(loaded):
     )
     assert numpy_glosses.tolist() == glosses.tolist() and numpy_counts.tolist() == counts.tolist()
     assert counts[:, glosses.tolist().index(gloss)].tolist() == [3, 0, 1]
+
+
+def test_generation_cap_leaves_the_output_bound_to_decide():
+    """Saved models cap generation one token above the longest output their bound allows (a long loanword-heavy
+    input spells more glosses than a training pair holds), so a gloss ends by </s>, the loop stop or the bound."""
+    from hftune.jsl.configuration_jsl import JslSeq2SeqConfig
+    from hftune.jsl.train import generation_cap
+
+    shape = dict(max_source_length=65, max_target_length=33, output_length_slack=3)
+    spelled = JslSeq2SeqConfig(
+        **shape, output_length_ratio=0.8, output_length_spelling=True, spelling_sources=[[10, 11, 12]]
+    )
+    assert generation_cap(spelled) == 64 + 3 + 1  # every one of the 64 characters may be a spelled kana
+    assert generation_cap(JslSeq2SeqConfig(**shape, output_length_ratio=0.8)) == int(0.8 * 64) + 3 + 1
+    assert (
+        generation_cap(JslSeq2SeqConfig(**shape, output_length_ratio=None)) == 33
+    )  # no bound: the pairs' limit

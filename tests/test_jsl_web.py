@@ -180,10 +180,45 @@ def test_export_writes_three_self_contained_graphs_and_the_client_config(folder,
         # Weights inside the file: onnxruntime-web cannot fetch a separate .onnx.data from a URL.
         assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
         assert graph.graph.initializer
+    # The recipe's models copy fingerspelling (config.spelling_copy): the encoder hands the copy head's keys and
+    # map to both decoders, as inputs a client feeds at every step.
+    assert model.config.spelling_copy
+    outputs = {o.name for o in onnx.load(str(onnx_dir / GRAPH_FILES["encoder"])).graph.output}
+    assert outputs == {"last_hidden_state", "copy_keys", "copy_map"}
     inputs = {i.name for i in onnx.load(str(onnx_dir / GRAPH_FILES["decoder_with_past"])).graph.input}
-    assert inputs == {"input_ids", "encoder_attention_mask"} | {
+    assert inputs == {"input_ids", "encoder_attention_mask", "copy_keys", "copy_map"} | {
         f"past_key_values.0.{side}.{kind}" for side in ("decoder", "encoder") for kind in ("key", "value")
     }
+
+
+def test_the_cached_decoder_reaches_the_generation_cap(folder, loaded):
+    """The cap sits above the longest bound (68 tokens for 64 kana), past the 33 of a training pair: the exported
+    decoder's position table must cover a cache of max_new_tokens - 1 tokens (a shorter one fails in Gather)."""
+    import onnxruntime
+
+    model, _ = loaded
+    config = json.loads((folder / ONNX_DIR / WEB_CONFIG_FILE).read_text(encoding="utf-8"))
+    steps = config["max_new_tokens"]
+    assert steps > model.config.max_target_length
+    session = onnxruntime.InferenceSession(str(folder / ONNX_DIR / GRAPH_FILES["decoder_with_past"]))
+    source_len, d_model = 5, model.config.d_model
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in session.get_inputs():
+        if spec.name == "encoder_attention_mask":
+            feeds[spec.name] = np.ones((1, source_len), dtype=np.int64)
+        elif spec.name == "input_ids":
+            feeds[spec.name] = np.array([[config["eos_token_id"]]], dtype=np.int64)
+        elif spec.name == "copy_keys":
+            feeds[spec.name] = rng.standard_normal((1, source_len, d_model), dtype=np.float32)
+        elif spec.name == "copy_map":
+            feeds[spec.name] = np.zeros((1, source_len, len(config["spelling_sources"])), dtype=np.float32)
+        else:  # past_key_values.{layer}.{decoder|encoder}.{key|value}
+            length = steps - 1 if ".decoder." in spec.name else source_len
+            shape = (1, config["num_heads"], length, config["head_dim"])
+            feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32)
+    logits = session.run(["logits"], feeds)[0]
+    assert logits.shape == (1, 1, len(config["vocab"])) and np.isfinite(logits).all()
 
 
 def test_onnxruntime_greedy_equals_pytorch_on_the_test_split(folder, loaded):

@@ -17,6 +17,8 @@ type Tensor = OrtCommon.Tensor;
 
 export const WEB_CONFIG_PATH = "onnx/web_config.json";
 const GRAPH_KINDS = ["encoder", "decoder", "decoder_with_past"] as const;
+/** Encoder outputs of a model with a spelling copy head that both decoders take as inputs (onnx_export.COPY_INPUTS). */
+const COPY_INPUTS = ["copy_keys", "copy_map"] as const;
 type GraphKind = (typeof GRAPH_KINDS)[number];
 
 /** Sentences per batch by default. Smaller than `hftune translate`'s 256: onnxruntime has little cost per call
@@ -47,6 +49,8 @@ export interface WebConfig {
   /** generate()'s bound: a row ends once it holds floor(ratio x input characters) + slack tokens; null: none. */
   output_length_ratio?: number | null;
   output_length_slack?: number;
+  /** In that bound a spelled input character (a source of spelling_sources) counts one whole token, not ratio. */
+  output_length_spelling?: boolean;
   /** generate()'s spelling budget: [gloss id, source ids...]; the gloss is emitted at most as often as the input holds its sources. */
   spelling_sources?: number[][];
   decoder_layers: number;
@@ -152,6 +156,7 @@ function parseConfig(bytes: Uint8Array, url: string): WebConfig {
   if (c.output_length_ratio != null && (typeof c.output_length_ratio !== "number" || !Number.isInteger(c.output_length_slack))) {
     fail("has an output_length_ratio without an integer output_length_slack");
   }
+  if (c.output_length_spelling != null && typeof c.output_length_spelling !== "boolean") fail("has an output_length_spelling that is not true or false");
   const sources = c.spelling_sources;
   if (sources != null && (!Array.isArray(sources) || !sources.every((entry) => Array.isArray(entry) && entry.length >= 2 && entry.every(Number.isInteger)))) {
     fail("has a spelling_sources entry that is not a list of a gloss id and its source ids");
@@ -325,10 +330,14 @@ export class JslTranslatorBase {
       input_ids: new Tensor("int64", inputIds, [batch, width]),
       attention_mask: attentionMask,
     });
+    // A spelling copy head (config.spelling_copy): the encoder's copy keys and map, read at every decoding step.
+    let copy: Record<string, Tensor> = {};
+    for (const name of COPY_INPUTS) if (name in encoder) copy[name] = encoder[name];
     let outputs = await this.sessions.decoder.run({
       encoder_attention_mask: attentionMask,
       input_ids: new Tensor("int64", new BigInt64Array(batch).fill(BigInt(c.decoder_start_token_id)), [batch, 1]),
       encoder_hidden_states: encoder.last_hidden_state,
+      ...copy,
     });
     let cross: Record<string, Tensor> = {};
     for (let layer = 0; layer < c.decoder_layers; layer++) {
@@ -339,13 +348,17 @@ export class JslTranslatorBase {
     let past: Record<string, Tensor> = {};
     const rows: number[][] = encoded.map(() => []);
     let active = encoded.map((_, row) => row); // the input row of each row of the current batch
-    // The output bound of generate(): ids.length - 1 characters (without </s>), as hftune computes it.
-    const ratio = c.output_length_ratio;
-    const limits = encoded.map((ids) =>
-      ratio == null ? Infinity : Math.floor(Math.max(ids.length - 1, 0) * ratio) + (c.output_length_slack ?? 0),
-    );
-    // generate()'s spelling budget: per input row, how often each spelled gloss may still be emitted.
     const sources = c.spelling_sources ?? [];
+    // The output bound of generate(): ids.length - 1 characters (without </s>), as hftune computes it; with
+    // output_length_spelling each spelled character counts whole (a fingerspelled word is one gloss per kana).
+    const ratio = c.output_length_ratio;
+    const spelledIds = new Set(c.output_length_spelling ? sources.flatMap(([, ...from]) => from) : []);
+    const limits = encoded.map((ids) => {
+      if (ratio == null) return Infinity;
+      const spelled = ids.filter((id) => spelledIds.has(id)).length;
+      return Math.floor((Math.max(ids.length - 1, 0) - spelled) * ratio) + spelled + (c.output_length_slack ?? 0);
+    });
+    // generate()'s spelling budget: per input row, how often each spelled gloss may still be emitted.
     const budgets = encoded.map((ids) => {
       const left = new Map<number, number>();
       for (const [gloss, ...from] of sources) left.set(gloss, ids.filter((id) => from.includes(id)).length);
@@ -393,6 +406,7 @@ export class JslTranslatorBase {
         attentionMask = this.takeRows(attentionMask, keep);
         cross = this.takeAllRows(cross, keep);
         past = this.takeAllRows(past, keep);
+        copy = this.takeAllRows(copy, keep);
         active = keep.map((row) => active[row]);
       }
       outputs = await this.sessions.decoder_with_past.run({
@@ -400,6 +414,7 @@ export class JslTranslatorBase {
         input_ids: new Tensor("int64", BigInt64Array.from(next), [keep.length, 1]),
         ...cross,
         ...past,
+        ...copy,
       });
     }
     return rows;

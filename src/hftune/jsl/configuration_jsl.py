@@ -47,10 +47,18 @@ class JslSeq2SeqConfig(PretrainedConfig):
             unusual input cannot run on to `max_new_tokens`.
         output_length_slack (`int`, defaults to 3):
             Gloss tokens allowed on top of `output_length_ratio * input characters`.
+        output_length_spelling (`bool`, defaults to `False`):
+            With `spelling_sources`: each input character a spelling gloss spells (a kana) counts one whole token in
+            that bound, the others `output_length_ratio`, since a fingerspelled word takes one gloss per kana.
         spelling_sources (`list[list[int]]`, *optional*):
             `[gloss_id, source_id, ...]` entries: `generate()` emits the gloss at most as many times as the input
             holds any of the source ids. The JSL model lists each fingerspelling gloss `<指:カ>` with `カ` and `か`,
             so a spelled word uses the input's kana, each once, and cannot repeat or invent one.
+        spelling_copy (`bool`, defaults to `False`):
+            Adds a copy head (CopyNet, Gu et al. 2016) over `spelling_sources`: each fingerspelling gloss also
+            scores `log sum exp(query . key_j)` over the input positions j that hold one of its source characters,
+            joined with its generation score by `logaddexp`. Spelling a name never seen in training then points at
+            the input's kana instead of recalling a spelled word. Needs `spelling_sources`.
         tie_word_embeddings (`bool`, defaults to `True`):
             Whether the output projection (`lm_head`) reuses the shared token embedding matrix.
         label_smoothing (`float`, defaults to 0.0):
@@ -100,7 +108,9 @@ class JslSeq2SeqConfig(PretrainedConfig):
         max_target_length: int = 32,
         output_length_ratio: float | None = None,
         output_length_slack: int = 3,
+        output_length_spelling: bool = False,
         spelling_sources: list[list[int]] | None = None,
+        spelling_copy: bool = False,
         tie_word_embeddings: bool = True,
         label_smoothing: float = 0.0,
         init_std: float = 0.02,
@@ -133,7 +143,13 @@ class JslSeq2SeqConfig(PretrainedConfig):
         self.max_target_length = max_target_length
         self.output_length_ratio = output_length_ratio
         self.output_length_slack = output_length_slack
+        self.output_length_spelling = bool(output_length_spelling)
         self.spelling_sources = [[int(i) for i in entry] for entry in spelling_sources or []]
+        if spelling_copy and not self.spelling_sources:
+            raise ValueError(
+                "spelling_copy=True needs spelling_sources: the copy head copies their source characters"
+            )
+        self.spelling_copy = bool(spelling_copy)
         self.label_smoothing = label_smoothing
         self.init_std = init_std
         self.unk_token_id = unk_token_id

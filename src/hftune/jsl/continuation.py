@@ -30,6 +30,7 @@ from hftune.jsl.train import (
     JslArguments,
     normalised_references,
     set_generation_config,
+    spelling_sources,
 )
 from hftune.jsl.translate import translate
 from hftune.metrics import gloss_metrics
@@ -270,6 +271,10 @@ def start_continuation(parent: Parent, splits, args: JslArguments) -> Continuati
     added = parent.tokenizer.add_symbols(symbols)
     if added:
         grow_embeddings(parent.model, len(parent.tokenizer))
+        if (
+            parent.model.config.spelling_sources
+        ):  # a new <指:ヴ> or ゔ joins the spelling budget and copy head
+            parent.model.config.spelling_sources = spelling_sources(parent.tokenizer)
         shown = ", ".join(added[:LISTED_SYMBOLS]) + (" ..." if len(added) > LISTED_SYMBOLS else "")
         log(
             f"vocabulary: {len(added)} new characters/glosses appended ({shown}); now {len(parent.tokenizer)}"

@@ -222,6 +222,31 @@ class JslDecoderLayer(nn.Module):
         return hidden_states, self_weights, cross_weights
 
 
+@dataclasses.dataclass
+class JslEncoderOutput(BaseModelOutput):
+    """The encoder output plus, for a model with `config.spelling_copy`, what its copy head reads at every decoding
+    step: each input position's copy key (batch, source_len, d_model) and which spelling gloss it can be copied
+    as (batch, source_len, glosses), 1/0. generate() expands both for beams like the hidden state."""
+
+    copy_keys: torch.FloatTensor | None = None
+    copy_map: torch.FloatTensor | None = None
+
+
+def spelling_positions(config, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(batch, source_len, glosses) bool: input position j holds a source character of `config.spelling_sources[g]`
+    (padding excluded)."""
+    sources = config.spelling_sources
+    table = [-1] * config.vocab_size  # vocabulary id -> its spelling gloss's column, -1 for none
+    for column, entry in enumerate(sources):
+        for source in entry[1:]:
+            table[source] = column
+    columns = torch.tensor(table, device=input_ids.device)[input_ids]
+    hits = columns[..., None] == torch.arange(len(sources), device=input_ids.device)
+    if attention_mask is not None:
+        hits = hits & (attention_mask[..., None] > 0)
+    return hits
+
+
 class JslEncoder(nn.Module):
     """Token embedding (owned here, shared with the decoder and lm_head) + positions + encoder blocks + final LN."""
 
@@ -235,6 +260,9 @@ class JslEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([JslEncoderLayer(config) for _ in range(config.encoder_layers)])
         self.layer_norm = nn.LayerNorm(config.d_model)
+        # The copy head's keys, computed once per input like the cross-attention keys, from each position and the
+        # one before it: "the kana after the one just spelled" is then a direct match (spelling runs left to right).
+        self.copy_key = nn.Linear(2 * config.d_model, config.d_model) if config.spelling_copy else None
 
     def forward(
         self,
@@ -244,7 +272,7 @@ class JslEncoder(nn.Module):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> BaseModelOutput:
+    ) -> JslEncoderOutput:
         hidden_states = self.embed_tokens(input_ids) * self.embed_scale
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         hidden_states = self.dropout(
@@ -262,10 +290,17 @@ class JslEncoder(nn.Module):
         hidden_states = self.layer_norm(hidden_states)
         if output_hidden_states:
             all_hidden.append(hidden_states)
-        return BaseModelOutput(
+        copy_keys = copy_map = None
+        if self.copy_key is not None:
+            previous = nn.functional.pad(hidden_states[:, :-1], (0, 0, 1, 0))
+            copy_keys = self.copy_key(torch.cat([hidden_states, previous], dim=-1))
+            copy_map = spelling_positions(self.config, input_ids, attention_mask).to(hidden_states.dtype)
+        return JslEncoderOutput(
             last_hidden_state=hidden_states,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
+            copy_keys=copy_keys,
+            copy_map=copy_map,
         )
 
 
@@ -410,28 +445,26 @@ def spelling_budgets(config, input_ids: torch.Tensor, attention_mask: torch.Tens
     if attention_mask is None:
         attention_mask = (input_ids != config.pad_token_id).long()
     glosses = torch.tensor([entry[0] for entry in sources], device=input_ids.device)
-    counts = torch.stack(
-        [
-            (
-                (input_ids[..., None] == torch.tensor(entry[1:], device=input_ids.device)).any(-1)
-                & (attention_mask > 0)
-            ).sum(-1)
-            for entry in sources
-        ],
-        dim=1,
-    )
-    return glosses, counts
+    return glosses, spelling_positions(config, input_ids, attention_mask).sum(1)
 
 
 def output_length_limits(
     config, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """Per input: floor(output_length_ratio * its characters) + output_length_slack (`</s>` not counted)."""
+    """Per input: floor(output_length_ratio * its characters) + output_length_slack (`</s>` not counted); with
+    `config.output_length_spelling`, floor(ratio * its other characters) + its spelled characters + slack."""
     if attention_mask is None:
         attention_mask = (input_ids != config.pad_token_id).long()
     # float64 on the CPU (MPS has none), as Python, numpy and JavaScript compute it: the ONNX decoders agree
     characters = (attention_mask.sum(-1) - 1).clamp(min=0).cpu().double()
-    limits = torch.floor(characters * config.output_length_ratio).long() + int(config.output_length_slack)
+    spelled = torch.zeros_like(characters)
+    if getattr(config, "output_length_spelling", False) and getattr(config, "spelling_sources", None):
+        spelled = spelling_positions(config, input_ids, attention_mask).any(-1).sum(-1).cpu().double()
+    limits = (
+        torch.floor((characters - spelled) * config.output_length_ratio).long()
+        + spelled.long()
+        + int(config.output_length_slack)
+    )
     return limits.to(input_ids.device)
 
 
@@ -483,6 +516,8 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
         self.encoder = JslEncoder(config)
         self.decoder = JslDecoder(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # The copy head's query: the decoder state and the gloss it was just fed (the last one spelled).
+        self.copy_query = nn.Linear(2 * config.d_model, config.d_model) if config.spelling_copy else None
         self.post_init()
         # Room for a full gloss sequence (transformers' default max_length of 20 would cut it); a saved
         # generation_config.json overrides this, and a max_new_tokens passed to generate() wins silently.
@@ -616,7 +651,7 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
                 output_hidden_states=output_hidden_states,
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
-            encoder_outputs = BaseModelOutput(
+            encoder_outputs = JslEncoderOutput(
                 last_hidden_state=encoder_outputs[0],
                 hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
                 attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
@@ -629,9 +664,9 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
         elif not use_cache:
             past_key_values = None
 
-        embed = self.encoder.embed_tokens
+        decoder_inputs_embeds = self.encoder.embed_tokens(decoder_input_ids) * self.encoder.embed_scale
         decoder_outputs = self.decoder(
-            embed(decoder_input_ids) * self.encoder.embed_scale,
+            decoder_inputs_embeds,
             encoder_outputs.last_hidden_state,
             attention_mask=decoder_attention_mask,
             encoder_attention_mask=attention_mask,
@@ -640,6 +675,17 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
             output_hidden_states=output_hidden_states,
         )
         logits = self.lm_head(decoder_outputs.last_hidden_state)
+        if self.copy_query is not None:
+            copy_keys = getattr(encoder_outputs, "copy_keys", None)
+            copy_map = getattr(encoder_outputs, "copy_map", None)
+            if copy_keys is None or copy_map is None:
+                raise ValueError(
+                    "this model copies fingerspelling (config.spelling_copy): pass encoder_outputs as the "
+                    "model's encoder returns them (a JslEncoderOutput with copy_keys and copy_map), or input_ids"
+                )
+            logits = self.add_copy_scores(
+                logits, decoder_outputs.last_hidden_state, decoder_inputs_embeds, copy_keys, copy_map
+            )
 
         loss = None
         if labels is not None:
@@ -657,6 +703,33 @@ class JslSeq2SeqForConditionalGeneration(JslSeq2SeqPreTrainedModel, GenerationMi
             **{CACHE_FIELD: past_key_values},
         )
         return output if return_dict else output.to_tuple()
+
+    def add_copy_scores(
+        self,
+        logits: torch.Tensor,
+        decoder_hidden: torch.Tensor,
+        decoder_inputs_embeds: torch.Tensor,
+        copy_keys: torch.Tensor,
+        copy_map: torch.Tensor,
+    ) -> torch.Tensor:
+        """CopyNet's joint scores: each spelling gloss g becomes logaddexp(its generation logit, log sum_j
+        exp(query . key_j / sqrt(d))) over the input positions j that hold one of g's kana, so the softmax over the
+        result mixes generating and copying. The query reads the decoder state and its input embedding (the gloss
+        just emitted). In float32 whatever the model's dtype; other logits are unchanged."""
+        glosses = torch.tensor([entry[0] for entry in self.config.spelling_sources], device=logits.device)
+        query = self.copy_query(torch.cat([decoder_hidden, decoder_inputs_embeds], dim=-1)).float()
+        scores = torch.matmul(query, copy_keys.float().transpose(1, 2)) * self.config.d_model**-0.5
+        copy_map = copy_map.float()
+        copyable = copy_map.sum(-1)[:, None, :] > 0  # (batch, 1, source_len)
+        scores = scores.masked_fill(~copyable, -1e9)  # finite: an input without kana gives no NaN
+        top = scores.amax(-1, keepdim=True).detach()
+        summed = torch.matmul(torch.exp(scores - top), copy_map)  # (batch, target_len, glosses)
+        copied = torch.log(summed.clamp_min(1e-30)) + top
+        index = glosses.expand(*logits.shape[:-1], glosses.shape[0])
+        generated = logits.float().gather(-1, index)
+        high = torch.maximum(generated, copied)
+        joined = high + torch.log(torch.exp(generated - high) + torch.exp(copied - high))
+        return logits.scatter(-1, index, joined.to(logits.dtype))
 
     def _loss(
         self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None

@@ -58,6 +58,8 @@ GRAPH_FILES = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "decoder_with_p
 FORMAT_VERSION = 1
 # Opset 20 has a fused Gelu; onnxruntime 1.32 (Python) and onnxruntime-node/-web 1.31 run it.
 OPSET = 20
+# Encoder outputs of a model with a spelling copy head (config.spelling_copy) that both decoders take as inputs.
+COPY_INPUTS = ("copy_keys", "copy_map")
 LOGITS_ATOL = 1e-4
 VALIDATION_BATCH_SIZE = 64
 # Folders of the source model that are not part of a published model (see hftune.hub).
@@ -74,14 +76,30 @@ def _layer_names(prefix: str, layers: int, sides: Sequence[str]) -> list[str]:
 
 
 class EncoderGraph(nn.Module):
-    """input_ids, attention_mask -> the encoder's last hidden state."""
+    """input_ids, attention_mask -> the encoder's last hidden state; for a model with a spelling copy head
+    (`config.spelling_copy`) also the copy keys and copy map, which every decoding step reads."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.encoder(input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        output = self.model.encoder(input_ids, attention_mask=attention_mask)
+        if output.copy_keys is None:
+            return output.last_hidden_state
+        return output.last_hidden_state, output.copy_keys, output.copy_map
+
+
+def _step_logits(
+    model: nn.Module, hidden: torch.Tensor, embeds: torch.Tensor, copy_keys, copy_map
+) -> torch.Tensor:
+    """The decoder's output scores, with the copy head's when the model has one (as its forward does)."""
+    logits = model.lm_head(hidden)
+    if copy_keys is None:
+        return logits
+    return model.add_copy_scores(logits, hidden, embeds, copy_keys, copy_map)
 
 
 class FirstStepDecoderGraph(nn.Module):
@@ -96,11 +114,14 @@ class FirstStepDecoderGraph(nn.Module):
         encoder_attention_mask: torch.Tensor,
         input_ids: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
+        copy_keys: torch.Tensor | None = None,
+        copy_map: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         model = self.model
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        embeds = model.encoder.embed_tokens(input_ids) * model.encoder.embed_scale
         output = model.decoder(
-            model.encoder.embed_tokens(input_ids) * model.encoder.embed_scale,
+            embeds,
             encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask,
             past_key_values=cache,
@@ -109,7 +130,7 @@ class FirstStepDecoderGraph(nn.Module):
         for index in range(model.config.decoder_layers):
             for layers in (cache.self_attention_cache.layers, cache.cross_attention_cache.layers):
                 present += [layers[index].keys, layers[index].values]
-        return (model.lm_head(output.last_hidden_state), *present)
+        return (_step_logits(model, output.last_hidden_state, embeds, copy_keys, copy_map), *present)
 
 
 class CachedStepDecoderGraph(nn.Module):
@@ -121,7 +142,12 @@ class CachedStepDecoderGraph(nn.Module):
         self.model = model
 
     def forward(
-        self, encoder_attention_mask: torch.Tensor, input_ids: torch.Tensor, past: tuple[torch.Tensor, ...]
+        self,
+        encoder_attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        past: tuple[torch.Tensor, ...],
+        copy_keys: torch.Tensor | None = None,
+        copy_map: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         model = self.model
         layers = model.config.decoder_layers
@@ -132,8 +158,9 @@ class CachedStepDecoderGraph(nn.Module):
         for index in range(layers):
             cache.is_updated[index] = True
         # Any tensor marks the cross-attention as such; its keys/values come from the cache.
+        embeds = model.encoder.embed_tokens(input_ids) * model.encoder.embed_scale
         output = model.decoder(
-            model.encoder.embed_tokens(input_ids) * model.encoder.embed_scale,
+            embeds,
             past[2],
             encoder_attention_mask=encoder_attention_mask,
             past_key_values=cache,
@@ -141,7 +168,7 @@ class CachedStepDecoderGraph(nn.Module):
         present = []
         for layer in cache.self_attention_cache.layers:
             present += [layer.keys, layer.values]
-        return (model.lm_head(output.last_hidden_state), *present)
+        return (_step_logits(model, output.last_hidden_state, embeds, copy_keys, copy_map), *present)
 
 
 @contextlib.contextmanager
@@ -163,7 +190,10 @@ def export_graphs(model: nn.Module, tokenizer, onnx_dir: Path) -> None:
     config = model.config
     layers, heads = config.decoder_layers, config.num_heads
     head_dim = config.d_model // heads
-    # generate() once so the decoder's position table exists: the graphs then hold it as a constant.
+    # The decoder's position table, as long as the saved generation cap needs (it may exceed max_target_length),
+    # built before tracing: the graphs then hold it as a constant.
+    longest = max(model.generation_config.max_new_tokens or 0, config.max_target_length) + 2
+    model.decoder.positions(0, longest, torch.float32, torch.device("cpu"))
     sample = tokenizer(["ありがとう", "わたしはたべます"], padding=True, return_tensors="pt")
     with torch.inference_mode():
         model.generate(**sample, num_beams=1, do_sample=False, max_new_tokens=2)
@@ -171,7 +201,10 @@ def export_graphs(model: nn.Module, tokenizer, onnx_dir: Path) -> None:
     input_ids, attention_mask = sample["input_ids"], sample["attention_mask"]
     batch, source_len = input_ids.shape
     with torch.no_grad():
-        hidden = model.encoder(input_ids, attention_mask=attention_mask).last_hidden_state
+        encoded = model.encoder(input_ids, attention_mask=attention_mask)
+    hidden = encoded.last_hidden_state
+    # A copy head's keys and map go to both decoders as inputs, after the graphs' own (COPY_INPUTS).
+    copy = () if encoded.copy_keys is None else (encoded.copy_keys, encoded.copy_map)
     start = torch.full((batch, 1), config.decoder_start_token_id, dtype=torch.long)
     past = []
     for _ in range(layers):
@@ -183,25 +216,28 @@ def export_graphs(model: nn.Module, tokenizer, onnx_dir: Path) -> None:
     # Positions come from the precomputed table: the cache may hold at most its rows - 1 tokens.
     past_dim = torch.export.Dim("past_sequence_length", min=1, max=table_rows - 1)
     mask_shape = {0: batch_dim, 1: source_dim}
+    copy_names = list(COPY_INPUTS) if copy else []
+    copy_shapes = (mask_shape, mask_shape) if copy else ()
     past_shapes = []
     for _ in range(layers):
         past_shapes += [{0: batch_dim, 2: past_dim}] * 2 + [{0: batch_dim, 2: source_dim}] * 2
     jobs = [
         (
             EncoderGraph(model), ENCODER_FILE, (input_ids, attention_mask), ["input_ids", "attention_mask"],
-            ["last_hidden_state"], (mask_shape, mask_shape),
+            ["last_hidden_state", *copy_names], (mask_shape, mask_shape),
         ),
         (
-            FirstStepDecoderGraph(model), DECODER_FILE, (attention_mask, start, hidden),
-            ["encoder_attention_mask", "input_ids", "encoder_hidden_states"],
+            FirstStepDecoderGraph(model), DECODER_FILE, (attention_mask, start, hidden, *copy),
+            ["encoder_attention_mask", "input_ids", "encoder_hidden_states", *copy_names],
             ["logits", *_layer_names("present", layers, ("decoder", "encoder"))],
-            (mask_shape, {0: batch_dim}, {0: batch_dim, 1: source_dim}),
+            (mask_shape, {0: batch_dim}, {0: batch_dim, 1: source_dim}, *copy_shapes),
         ),
         (
-            CachedStepDecoderGraph(model), DECODER_WITH_PAST_FILE, (attention_mask, start, tuple(past)),
-            ["encoder_attention_mask", "input_ids", *_layer_names("past_key_values", layers, ("decoder", "encoder"))],
+            CachedStepDecoderGraph(model), DECODER_WITH_PAST_FILE, (attention_mask, start, tuple(past), *copy),
+            ["encoder_attention_mask", "input_ids", *_layer_names("past_key_values", layers, ("decoder", "encoder")),
+             *copy_names],
             ["logits", *_layer_names("present", layers, ("decoder",))],
-            (mask_shape, {0: batch_dim}, tuple(past_shapes)),
+            (mask_shape, {0: batch_dim}, tuple(past_shapes), *copy_shapes),
         ),
     ]  # fmt: skip
     onnx_dir.mkdir(parents=True, exist_ok=True)
@@ -246,6 +282,8 @@ def generation_settings(model: nn.Module, tokenizer) -> dict[str, Any]:
         # generate()'s per-input bound (modeling_jsl.output_length_limits); null ratio: no bound
         "output_length_ratio": getattr(config, "output_length_ratio", None),
         "output_length_slack": int(getattr(config, "output_length_slack", 0) or 0),
+        # ... in which a spelled kana counts one whole token (modeling_jsl.output_length_limits)
+        "output_length_spelling": bool(getattr(config, "output_length_spelling", False)),
         # generate()'s spelling budget (modeling_jsl.SpellingBudget): [gloss id, source ids...]; empty: none
         "spelling_sources": [list(entry) for entry in getattr(config, "spelling_sources", None) or []],
         "decoder_layers": int(config.decoder_layers),
@@ -267,13 +305,21 @@ def spelling_budgets(input_ids: np.ndarray, attention_mask: np.ndarray, settings
     return glosses, counts
 
 
-def output_limits(attention_mask: np.ndarray, settings: dict[str, Any]) -> np.ndarray | None:
-    """Per row: floor(output_length_ratio * characters) + output_length_slack, as `generate()` bounds it."""
+def output_limits(
+    input_ids: np.ndarray, attention_mask: np.ndarray, settings: dict[str, Any]
+) -> np.ndarray | None:
+    """Per row: floor(output_length_ratio * characters) + output_length_slack, with `output_length_spelling`
+    floor(ratio * other characters) + spelled characters + slack, as `generate()` bounds it."""
     ratio = settings.get("output_length_ratio")
     if ratio is None:
         return None
     characters = np.maximum(attention_mask.sum(-1) - 1, 0).astype(np.float64)
-    return np.floor(characters * ratio).astype(np.int64) + int(settings["output_length_slack"])
+    budgets = spelling_budgets(input_ids, attention_mask, settings)
+    spelled = np.zeros_like(characters)
+    if settings.get("output_length_spelling") and budgets is not None:
+        spelled = budgets[1].sum(1).astype(np.float64)
+    limits = np.floor((characters - spelled) * ratio) + spelled
+    return limits.astype(np.int64) + int(settings["output_length_slack"])
 
 
 class OnnxGreedyDecoder:
@@ -304,6 +350,8 @@ class OnnxGreedyDecoder:
         s = self.settings
         batch = input_ids.shape[0]
         hidden = self._run("encoder", {"input_ids": input_ids, "attention_mask": attention_mask})
+        # A spelling copy head's keys and map: the encoder's extra outputs, fed to every decoding step.
+        copy = {name: hidden[name] for name in COPY_INPUTS if name in hidden}
         start = np.full((batch, 1), s["decoder_start_token_id"], dtype=np.int64)
         outputs = self._run(
             "decoder",
@@ -311,6 +359,7 @@ class OnnxGreedyDecoder:
                 "encoder_attention_mask": attention_mask,
                 "input_ids": start,
                 "encoder_hidden_states": hidden["last_hidden_state"],
+                **copy,
             },
         )
         # The cross-attention K/V of the first step serve every later one; the self-attention K/V grow.
@@ -321,7 +370,7 @@ class OnnxGreedyDecoder:
         }
         unfinished = np.ones(batch, dtype=bool)
         tokens, logits = [], []
-        limits = output_limits(attention_mask, s)
+        limits = output_limits(input_ids, attention_mask, s)
         budgets = spelling_budgets(input_ids, attention_mask, s)
         while True:
             step_logits = outputs["logits"][:, -1, :]
@@ -347,7 +396,12 @@ class OnnxGreedyDecoder:
             unfinished &= next_ids != s["eos_token_id"]
             if not unfinished.any() or len(tokens) == s["max_new_tokens"]:
                 break
-            feeds = {"encoder_attention_mask": attention_mask, "input_ids": next_ids[:, None], **cross}
+            feeds = {
+                "encoder_attention_mask": attention_mask,
+                "input_ids": next_ids[:, None],
+                **cross,
+                **copy,
+            }
             for name, value in outputs.items():
                 if ".decoder." in name:
                     feeds[name.replace("present", "past_key_values", 1)] = value

@@ -47,8 +47,8 @@ from hftune.jsl.corpus import (
     to_hiragana,
 )
 from hftune.jsl.export import DEFAULT_ATTENTION_INPUTS, check_weight_name, export_attentions, export_weights
-from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration
-from hftune.jsl.tokenization_jsl import JslTokenizer, source_tokens, target_tokens
+from hftune.jsl.modeling_jsl import JslSeq2SeqForConditionalGeneration, output_length_limits
+from hftune.jsl.tokenization_jsl import JslTokenizer, target_tokens
 from hftune.jsl.translate import measure_generation_speed
 from hftune.metrics import gloss_metrics
 from hftune.reporting.plots import plot_training_curves
@@ -186,7 +186,8 @@ class JslArguments:
         metadata={
             "help": "Saved in the model config: generation ends a gloss once it has output_length_ratio x the "
             "input's characters + --output_length_slack tokens, so odd input cannot run on (the shipped "
-            "corpus needs 0.62 with slack 3). 0 turns the bound off."
+            "corpus needs 0.62 with slack 3). With --spelling_budget each kana counts one whole token (a "
+            "fingerspelled word takes one gloss per kana). 0 turns the bound off."
         },
     )
     spelling_budget: bool = field(
@@ -194,6 +195,14 @@ class JslArguments:
         metadata={
             "help": "Saved in the model config (spelling_sources): generation emits a fingerspelling gloss <指:カ> at "
             "most as many times as the input holds カ or か, so a spelled name cannot repeat or invent kana."
+        },
+    )
+    spelling_copy: bool = field(
+        default=True,
+        metadata={
+            "help": "A copy head (CopyNet) for fingerspelling: the decoder can point at the input's kana to spell "
+            "a name or loanword it never saw in training. Saved in the model config (spelling_copy); needs "
+            "--spelling_budget, whose spelling_sources it copies."
         },
     )
     output_length_slack: int = field(
@@ -329,6 +338,12 @@ def build_tokenizer(train, max_source_length: int, spelling: bool = False) -> Js
 
 def build_model(tokenizer: JslTokenizer, args: JslArguments, seed: int) -> JslSeq2SeqForConditionalGeneration:
     """A freshly initialised model (seeded) whose decoder may only emit gloss tokens and `</s>`."""
+    if args.spelling_copy and not args.spelling_budget:
+        raise HftuneError(
+            "--spelling_copy needs --spelling_budget (the copy head copies the budget's spelling_sources); "
+            "pass --spelling_copy false too, or keep --spelling_budget true"
+        )
+    sources = spelling_sources(tokenizer) if args.spelling_budget else None
     try:
         config = JslSeq2SeqConfig(
             vocab_size=len(tokenizer),
@@ -340,7 +355,10 @@ def build_model(tokenizer: JslTokenizer, args: JslArguments, seed: int) -> JslSe
             max_target_length=args.max_target_length,
             output_length_ratio=args.output_length_ratio or None,
             output_length_slack=args.output_length_slack,
-            spelling_sources=spelling_sources(tokenizer) if args.spelling_budget else None,
+            output_length_spelling=bool(sources),  # a spelled kana counts one whole token of the bound
+            spelling_sources=sources,
+            spelling_copy=args.spelling_copy
+            and bool(sources),  # pairs without fingerspelling have nothing to copy
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -370,7 +388,8 @@ def spelling_sources(tokenizer: JslTokenizer) -> list[list[int]]:
 
 def set_generation_config(model, tokenizer: JslTokenizer, *, for_trainer: bool) -> None:
     """Greedy decoding that may emit only gloss tokens and `</s>` (the vocabulary is shared with the source
-    side: without this an undertrained model can emit characters), limited to `max_target_length` tokens.
+    side: without this an undertrained model can emit characters). The trainer scores pairs up to
+    `max_target_length` tokens; users get `generation_cap` tokens.
 
     Seq2SeqTrainer fills an unset `max_length` with 20 and generate() then warns at every call that both
     `max_length` and `max_new_tokens` are set: the trainer gets the limit as `max_length`, users (the saved
@@ -383,12 +402,24 @@ def set_generation_config(model, tokenizer: JslTokenizer, *, for_trainer: bool) 
         tokenizer.eos_token_id
     }
     config.suppress_tokens = [i for i in range(len(tokenizer)) if i not in allowed]
-    limit = model.config.max_target_length
     if for_trainer:
-        config.max_length = limit + 1  # counts the decoder start token
+        config.max_length = model.config.max_target_length + 1  # counts the decoder start token
     else:
-        config.max_new_tokens = limit
+        config.max_new_tokens = generation_cap(model.config)
     model.generation_config = config
+
+
+def generation_cap(config) -> int:
+    """`max_new_tokens` of a saved model: one more than the longest output its saved bound allows (every input
+    character a kana under `output_length_spelling`), so the bound, not the cap, ends the gloss of a long input
+    (a 64-character loanword-heavy sentence spells more than the 32 glosses a training pair holds);
+    `max_target_length` without a bound."""
+    if config.output_length_ratio is None:
+        return config.max_target_length
+    characters = config.max_source_length - 1  # </s> is not a character
+    if not (config.output_length_spelling and config.spelling_sources):
+        characters = math.floor(characters * config.output_length_ratio)
+    return max(config.max_target_length, characters + config.output_length_slack + 1)
 
 
 # Generation settings `set_generation_config` derives from the model and tokenizer; any other a saved folder holds
@@ -424,19 +455,26 @@ def gloss_tokens(tokenizer: JslTokenizer) -> list[str]:
     ]
 
 
-def log_output_bound_misses(train, args: JslArguments) -> None:
+def log_output_bound_misses(model, tokenized) -> None:
     """Say how many training glosses are longer than the saved output bound lets generation produce."""
-    if not args.output_length_ratio:
+    if model.config.output_length_ratio is None:
         return
+    sources = tokenized["input_ids"]
+    input_ids = torch.full((len(sources), max(map(len, sources))), model.config.pad_token_id)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(sources):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    bounds = output_length_limits(model.config, input_ids, attention_mask).tolist()
+    skipped = (-100, model.config.eos_token_id)
     misses = sum(
-        len(target_tokens(gloss))
-        > math.floor(args.output_length_ratio * len(source_tokens(ja))) + args.output_length_slack
-        for ja, gloss in zip(train["ja"], train["gloss"], strict=True)
+        len([i for i in labels if i not in skipped]) > bound
+        for labels, bound in zip(tokenized["labels"], bounds, strict=True)
     )
     if misses:
         log(
-            f"{misses} training glosses are longer than --output_length_ratio {args.output_length_ratio} x their "
-            f"characters + {args.output_length_slack}: generation would cut them; raise the ratio"
+            f"{misses} training glosses are longer than --output_length_ratio {model.config.output_length_ratio} x "
+            f"their characters + {model.config.output_length_slack}: generation would cut them; raise the ratio"
         )
 
 
@@ -675,7 +713,7 @@ def run_jsl_training(
         check_weight_name(model, args.export_weights)  # before training, not after it
     with claim_run(training_args.output_dir) as run:
         tokenized = tokenize_pairs(splits, tokenizer, args.max_target_length)
-        log_output_bound_misses(splits["train"], args)
+        log_output_bound_misses(model, tokenized["train"])
         scorer = GlossScorer(tokenizer, normalised_references(splits["validation"]))
         memory = MemoryCallback()
         train_dataset, callbacks = tokenized["train"], [memory]
@@ -771,7 +809,7 @@ def run_jsl_training(
             # `hftune evaluate` decodes the same way.
             generation={
                 "num_beams": training_args.generation_num_beams or 1,
-                "max_new_tokens": model.generation_config.max_new_tokens,
+                "max_new_tokens": model.config.max_target_length,
             },
             generation_speed=speed,
             # the leaderboard's column (4 decimals: batched, it is well under a millisecond per sentence),
