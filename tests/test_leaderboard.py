@@ -283,3 +283,28 @@ def test_per_method_learning_rates_from_the_config(tmp_path):
             ["--run", "--output_dir", str(tmp_path / "x"), "--learning_rates", "lora=0"]
         )
     assert not (tmp_path / "x" / "lora").exists()
+
+
+def test_plot_labels_of_close_methods_do_not_overprint():
+    """Five methods at nearly the same share and score (the LoRA family near 1%) get five readable labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hftune.reporting.leaderboard import _label_points
+
+    rows = [
+        {"method": name, "run": name, "trainable_pct": 0.98 + 0.01 * i, "accuracy": 0.888 + 0.001 * i}
+        for i, name in enumerate(["lora", "dora", "rslora", "pissa", "olora"])
+    ]
+    fig, ax = plt.subplots()
+    ax.scatter([r["trainable_pct"] for r in rows], [r["accuracy"] for r in rows])
+    ax.set_xscale("log")
+    ax.autoscale_view()
+    _label_points(ax, rows, "accuracy")
+    fig.canvas.draw()
+    boxes = [text.get_window_extent() for text in ax.texts]
+    assert sorted(text.get_text() for text in ax.texts) == sorted(r["method"] for r in rows)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    plt.close(fig)

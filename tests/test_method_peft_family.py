@@ -163,11 +163,15 @@ def test_dora_trains_magnitudes_and_pissa_starts_at_the_base_output(minilm_path)
     assert set(pissa.hftune_initial_lora) and all(".lora_" in n for n in pissa.hftune_initial_lora)
 
 
-def test_loraplus_gives_the_b_matrices_the_ratio_times_the_learning_rate(minilm, tmp_path):
+def test_loraplus_gives_the_b_matrices_the_ratio_times_the_learning_rate(minilm, tmp_path, capsys):
     from transformers import TrainingArguments
 
     model = apply_lora(minilm, LoraArguments(loraplus_lr_ratio=16))
     optimizer = loraplus_optimizer(model, TrainingArguments(str(tmp_path), learning_rate=1e-3), 16)
+    assert "LoRA+" not in capsys.readouterr().err
+    # The recipe's LoRA rate times 16 is the rate that collapsed on emotion: the user is told the one that worked.
+    loraplus_optimizer(model, TrainingArguments(str(tmp_path), learning_rate=3e-3), 16)
+    assert "consider --learning_rate 1e-3" in capsys.readouterr().err
     by_lr = {}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:

@@ -12,7 +12,7 @@ from hftune.errors import HftuneError
 from hftune.methods.parts import head_module_names
 from hftune.methods.registry import Artifact, Method, PlanSettings, register, register_artifact
 from hftune.models import local_copy_of
-from hftune.runtime import peft_checkpointing_probe_quiet
+from hftune.runtime import peft_checkpointing_probe_quiet, warn
 
 # Task-head modules kept out of quantisation. transformers matches each as a suffix of the module name or a
 # regex from its start, hence `.*pooler` for BERT's `bert.pooler.dense`.
@@ -154,12 +154,23 @@ def save_lora(model: nn.Module, folder: str | Path) -> None:
               metadata={"format": "pt"})  # fmt: skip
 
 
+# Above this rate for LoRA+'s B matrices (learning rate x ratio) the emotion leaderboard run collapsed.
+LORAPLUS_B_RATE_WARNING = 2e-2
+
+
 def loraplus_optimizer(model: nn.Module, training_args, ratio: float):
     """peft's LoRA+ optimizer: the B matrices (and 1-D parameters) at `ratio` x the learning rate, with the
     optimizer class and settings Trainer would have built from `training_args`."""
     from peft.optimizers import create_loraplus_optimizer
     from transformers import Trainer
 
+    b_rate = training_args.learning_rate * ratio
+    if b_rate > LORAPLUS_B_RATE_WARNING:
+        warn(
+            f"LoRA+ trains the B matrices at {b_rate:.3g} (--learning_rate {training_args.learning_rate:g} x "
+            f"--loraplus_lr_ratio {ratio:g}); on emotion 3e-3 x 16 collapsed to one class over 3 epochs while "
+            "1e-3 x 16 reached 0.8765 (BENCHMARKS.md 7b): consider --learning_rate 1e-3"
+        )
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
     kwargs.pop("lr", None)
     return create_loraplus_optimizer(

@@ -370,12 +370,11 @@ def plot_leaderboard(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], 
             ax.scatter(
                 row["trainable_pct"], row[metric], s=size, color=colours[method], alpha=0.6, edgecolors="k"
             )
-            # Several runs of one method (e.g. two LoRA ranks) need their run name to be told apart.
-            label = method if row.get("run") in (None, method) else f"{method} ({row['run']})"
-            ax.annotate(label, (row["trainable_pct"], row[metric]), textcoords="offset points", xytext=(7, 7))
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}%"))
         ax.margins(0.2)
+        ax.autoscale_view()
+        _label_points(ax, points, metric)
         ax.set_xlabel("trainable parameters (% of total, log scale)")
         ax.set_ylabel(_COLUMNS_BY_KEY[metric].header)
         ax.set_title(f"{_COLUMNS_BY_KEY[metric].header} vs trainable share")
@@ -387,6 +386,37 @@ def plot_leaderboard(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _label_points(ax, points: Sequence[Mapping[str, Any]], metric: str) -> None:
+    """Name each point, moving a label down (with a line to its point) while it would overprint one placed
+    before: methods of similar share and score (the LoRA family near 1%) otherwise stack into one blot."""
+    line_height, char_width = 13.0, 7.0  # points, for the default 10-point font
+    to_points = 72.0 / ax.figure.dpi
+    placed: list[tuple[float, float, float]] = []  # (x, y, width) of each label, in points
+    spots = sorted(points, key=lambda row: -ax.transData.transform((row["trainable_pct"], row[metric]))[1])
+    for row in spots:
+        method = str(row.get("method"))
+        # Several runs of one method (e.g. two LoRA ranks) need their run name to be told apart.
+        label = method if row.get("run") in (None, method) else f"{method} ({row['run']})"
+        x, y = (v * to_points for v in ax.transData.transform((row["trainable_pct"], row[metric])))
+        width, offset = char_width * len(label), 7.0
+        while any(
+            abs(y + offset - other_y) < line_height
+            and x + 7 < other_x + other_width
+            and other_x < x + 7 + width
+            for other_x, other_y, other_width in placed
+        ):
+            offset -= line_height
+        placed.append((x + 7, y + offset, width))
+        moved = offset != 7.0
+        ax.annotate(
+            label,
+            (row["trainable_pct"], row[metric]),
+            textcoords="offset points",
+            xytext=(28 if moved else 7, offset),  # a moved label clears the markers it passes
+            arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6} if moved else None,
+        )
 
 
 @dataclass
