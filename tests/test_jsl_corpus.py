@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 import pytest
 
@@ -21,6 +22,7 @@ from hftune.jsl.corpus import (
     conjugate,
     fingerspell,
     fingerspelled_runs,
+    generated_training_pairs,
     gloss_classes,
     gloss_vocabulary,
     held_out_spellings,
@@ -28,7 +30,9 @@ from hftune.jsl.corpus import (
     load_gloss_pairs,
     load_jsl_corpus,
     potential_form,
+    random_spelling,
     respell,
+    spelling_alphabet,
     to_hiragana,
     write_corpus,
 )
@@ -263,7 +267,7 @@ def test_fingerspelling_notation():
     ]
 
 
-def test_respelling_draws_new_words_in_the_same_script_and_never_a_held_out_one():
+def test_respelling_draws_new_words_in_either_script_and_never_a_held_out_one():
     import random
 
     rng = random.Random(0)
@@ -273,20 +277,41 @@ def test_respelling_draws_new_words_in_the_same_script_and_never_a_held_out_one(
     ]
     held = held_out_spellings()
     seen = set()
+    scripts = Counter()
     for _ in range(300):
         for japanese, gloss in pairs:
             new_ja, new_gloss = respell(japanese, gloss, rng)
             (run,) = fingerspelled_runs(new_gloss)
             word = "".join(token[3:-1] for token in run.split())
-            written = word if japanese[0] == "ケ" else to_hiragana(word)
+            written = word if new_ja.startswith(word) else to_hiragana(word)
+            scripts[(japanese[0], written == word)] += 1
             assert new_ja == japanese.replace(japanese[:3], written, 1), (new_ja, new_gloss)
             assert new_gloss.replace(run, "X") == gloss.replace("<指:ケ> <指:ン> <指:ジ>", "X")
             assert not any(seq in run for seq in held), run
             seen.add(word)
     assert len(seen) > 400  # fresh words, not a short list
+    # Whatever script the text used, about half the new words are hiragana (no script change marks their end).
+    for first in "ケけ":
+        assert 0.4 < scripts[(first, False)] / 300 < 0.6, scripts
     assert respell("私は食べる", "<私> <食べる>", rng) == ("私は食べる", "<私> <食べる>")
     # A spelled word the text does not hold as written is kept.
     assert respell("佐藤さん", "<指:サ> <指:ト> <指:ウ>", rng) == ("佐藤さん", "<指:サ> <指:ト> <指:ウ>")
+
+
+def test_respelling_words_are_as_long_as_real_loanwords_and_may_end_in_a_long_vowel():
+    import random
+
+    rng = random.Random(1)
+    words = [random_spelling(rng) for _ in range(2000)]
+    glosses = [fingerspell(word) for word in words]
+    # Held-out words such as マフラー, サーフィン and フェルナンド (6 glosses) are in range; the corpus's own
+    # practice words never ended in ー, and the model spelled on past the ー of マフラー into the next kana.
+    assert min(map(len, glosses)) == 2 and max(map(len, glosses)) >= 9
+    assert sum(len(g) >= 6 for g in glosses) > 0.2 * len(words)
+    for ending in "ーンク":
+        assert any(word.endswith(ending) for word in words), ending
+    assert all(not word.endswith("ッ") and not word.startswith(("ー", "ン", "ッ")) for word in words)
+    assert set("".join(words)) <= set(spelling_alphabet()[0])
 
 
 def test_held_out_fingerspelled_words_only_in_test(built):
@@ -306,6 +331,27 @@ def test_held_out_fingerspelled_words_only_in_test(built):
     assert any(any(w[1] in row["ja"] for w in spellings.values()) for row in in_test)
     train_glosses = set(gloss_vocabulary(built["train"]))
     assert all(set(row["gloss"].split()) <= train_glosses for row in in_test)
+
+
+def test_generated_training_pairs_add_sentences_no_other_split_holds():
+    shipped = load_jsl_corpus()
+    rows = generated_training_pairs(2)
+    # The shipped train split first, as it is, then a second build's train sentences that are new.
+    assert [row["ja"] for row in rows[: shipped["train"].num_rows]] == shipped["train"]["ja"]
+    assert len(rows) > 1.8 * shipped["train"].num_rows
+    sentences = [row["ja"] for row in rows]
+    assert len(set(sentences)) == len(sentences)
+    others = {ja for split in ("validation", "test", "natural") for ja in shipped[split]["ja"]}
+    assert not others & set(sentences)
+    # What makes test a test stays out: its held-out pairings and fingerspelled words.
+    held = held_out_spellings()
+    for row in rows:
+        assert not corpus._held_out_in(row["gloss"]), row
+        runs = fingerspelled_runs(row["gloss"])
+        for sequence, written in held.items():
+            assert not any(w in row["ja"] for w in written) and not any(sequence in run for run in runs), row
+    assert rows[-1]["id"].startswith("jsl-train1-")
+    assert generated_training_pairs(1) == rows[: shipped["train"].num_rows]
 
 
 def test_every_template_fingerspells_names_or_loanwords():

@@ -17,6 +17,7 @@ import torch
 from hftune.jsl.artifacts import load_jsl_model
 from hftune.jsl.corpus import fingerspelled_runs, held_out_spellings, load_jsl_corpus, spelling_alphabet
 from hftune.jsl.train import gloss_tokens
+from hftune.jsl.translate import translate
 from hftune.persistence import MANIFEST_NAME, file_sha256
 from hftune.reporting.cards import read_model_index
 
@@ -105,6 +106,14 @@ def test_training_lowers_the_loss_and_produces_glosses(run):
     assert sum(bool(row["prediction"]) for row in rows) >= 0.9 * len(rows)
     assert all(set(row["prediction"].split()) <= allowed for row in rows)
     assert rows[0]["ja"] == load_jsl_corpus("test")[0]["ja"]
+    # Training batches are grouped by length (the recipe's train_sampling_strategy), evaluation is not: each
+    # prediction is the saved model's own glossing of the sentence beside it.
+    generation = json.loads((out / "results.json").read_text())["generation"]
+    again = translate(
+        [row["ja"] for row in rows], model, tokenizer, max_new_tokens=generation["max_new_tokens"],
+        max_unknown_share=1.0,
+    )  # fmt: skip
+    assert [row["prediction"] for row in rows] == again
 
 
 def test_saved_folder_is_complete(run):
@@ -343,6 +352,8 @@ def test_bad_flags_fail_before_writing_anything(tmp_path, capsys):
     assert "missing.csv does not exist" in err
     err = recipe_error(["--output_dir", str(out), "--respelling_rate", "1.5"], capsys)
     assert "--respelling_rate 1.5 must be between 0" in err
+    err = recipe_error(["--output_dir", str(out), "--corpus_builds", "0"], capsys)
+    assert "--corpus_builds 0" in err and "3" in err
     err = recipe_error(["--output_dir", str(out), "--spelling_budget", "false"], capsys)
     assert "--spelling_copy needs --spelling_budget" in err and "--spelling_copy false" in err
     assert not out.exists()

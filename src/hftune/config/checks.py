@@ -125,6 +125,7 @@ RANGES: dict[str, Range] = {
     "dropout": _PROBABILITY,
     "label_smoothing": _PROBABILITY,
     "replay_ratio": Range(0, 1, example="0.5"),
+    "corpus_builds": Range(1, example="3"),
     # One input character (or gloss) plus </s>.
     "max_source_length": Range(2, example="65"),
     "max_target_length": Range(2, example="33"),

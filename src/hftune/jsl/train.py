@@ -38,6 +38,7 @@ from hftune.jsl.corpus import (
     CORPUS_NAME,
     FINGERSPELLING_PREFIX,
     fingerspelled_runs,
+    generated_training_pairs,
     held_out_spellings,
     is_fingerspelling,
     load_gloss_pairs,
@@ -85,6 +86,15 @@ class JslArguments:
     ja_column: str = field(default="ja", metadata={"help": "Column of the Japanese text in your files."})
     gloss_column: str = field(
         default="gloss", metadata={"help": "Column of the gloss sequence in your files."}
+    )
+    corpus_builds: int = field(
+        default=3,
+        metadata={
+            "help": "With the shipped corpus: train on its train split plus the train splits of this many minus "
+            "one more runs of its generator (seeds 1, 2, ...), each sentence once and none of validation, test or "
+            "natural. More distinct sentences generalise better than more epochs over the same ones. 1 = the "
+            "shipped train split alone."
+        },
     )
     validation_split_percentage: float = field(
         default=10.0,
@@ -269,7 +279,7 @@ def model_shape(args: JslArguments) -> dict[str, int]:
 
 def load_training_pairs(args: JslArguments, seed: int):
     """(DatasetDict train/validation/test with `ja` and `gloss`, dataset name, name of the split scored last)."""
-    from datasets import DatasetDict
+    from datasets import Dataset, DatasetDict
 
     if args.train_file is None:
         if args.validation_file or args.test_file:
@@ -277,6 +287,9 @@ def load_training_pairs(args: JslArguments, seed: int):
                 "--validation_file/--test_file need --train_file too (the shipped corpus has its own splits)"
             )
         splits = load_jsl_corpus().select_columns(["ja", "gloss"])
+        if args.corpus_builds > 1:
+            train = Dataset.from_list(generated_training_pairs(args.corpus_builds))
+            splits["train"] = train.select_columns(["ja", "gloss"])
         name, final_split = CORPUS_NAME, "test"
     else:
 

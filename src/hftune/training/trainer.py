@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -51,7 +52,8 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class AtomicCheckpointTrainer(Trainer):
-    """A Trainer whose checkpoints appear whole or not at all, and whose resumed runs see the same batches.
+    """A Trainer whose checkpoints appear whole or not at all, whose resumed runs see the same batches, and whose
+    evaluation keeps the dataset's order.
 
     Each checkpoint is written by the stock `_save_checkpoint` under a hidden staging folder
     (`.checkpoint-N.partial/checkpoint-N`, the same path on every rank), then renamed into place; rotation
@@ -66,6 +68,15 @@ class AtomicCheckpointTrainer(Trainer):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
         return sampler
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers 5.23 length-groups evaluation too under train_sampling_strategy="group_by_length": the
+        # predictions then come back out of line with the dataset's rows (a JSL test_predictions.jsonl paired
+        # each sentence with another one's glosses). Upstream's choice without grouping: sequential in one
+        # process, None (accelerate shards the dataloader) in several.
+        if eval_dataset is None or self.args.world_size > 1:
+            return None
+        return SequentialSampler(eval_dataset)
 
     def _get_output_dir(self, trial) -> str:
         return self._staging_root or super()._get_output_dir(trial)
