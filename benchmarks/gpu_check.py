@@ -957,6 +957,7 @@ def train_jsl_on_cpu(args: GpuCheckArguments, work: Path) -> tuple[Path, Any, di
         "output_dir": work / "jsl_run",
         "device": "cpu",
         "num_train_epochs": args.jsl_epochs,
+        "corpus_builds": 1,  # the shipped train split: brief, as the check was sized
         # trained once and saved here: no evaluation or checkpoints
         "eval_strategy": "no",
         "save_strategy": "no",

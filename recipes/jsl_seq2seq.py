@@ -10,8 +10,9 @@
     hftune translate --model outputs/jsl_seq2seq "ありがとう"
 
 A new model's tokenizer is built from the training pairs; a continued model keeps its parent's, with the new
-pairs' unknown characters and glosses appended (`--freeze_vocabulary` refuses them instead). The model trains with
-Seq2SeqTrainer (teacher forcing, label smoothing, fingerspelled names redrawn each epoch, a copy head that spells
+pairs' unknown characters and glosses appended (`--freeze_vocabulary` refuses them instead). On the shipped corpus
+it trains on three builds of its generator (`--corpus_builds`). The model trains with Seq2SeqTrainer (teacher
+forcing, label smoothing, length-grouped batches, fingerspelled names redrawn each epoch, a copy head that spells
 by pointing at the input's kana); every epoch is scored
 by generating glosses (gloss WER, BLEU, chrF, exact match), the best epoch by exact match is kept, and the test
 split is scored last. The output folder loads anywhere with

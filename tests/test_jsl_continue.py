@@ -32,6 +32,7 @@ from hftune.jsl.train import (
     build_model,
     build_tokenizer,
     generation_cap,
+    load_training_pairs,
     model_shape,
     set_generation_config,
     tokenize_pairs,
@@ -290,7 +291,8 @@ def test_conflicts_and_frozen_vocabulary_are_refused_before_writing(parent, tmp_
     err = recipe_error([*base, "--model_size", "base"], capsys)
     assert "--model_size base sets d_model 256, which contradicts d_model 32" in err
     # Pairs the parent trained on (the recipe's seeded subset), two of them with a new symbol added.
-    known = load_jsl_corpus("train").shuffle(seed=42).select(range(4))
+    trained, _, _ = load_training_pairs(JslArguments(max_train_samples=160), seed=42)
+    known = trained["train"].select(range(4))
     rows = list(zip(known["ja"], known["gloss"], strict=True))
     rows[2] = (rows[2][0] + "鵺", rows[2][1] + " <鵺>")
     rows[3] = (rows[3][0], rows[3][1] + " <パンダ>")

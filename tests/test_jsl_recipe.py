@@ -108,7 +108,10 @@ def test_training_lowers_the_loss_and_produces_glosses(run):
     assert rows[0]["ja"] == load_jsl_corpus("test")[0]["ja"]
     # Training batches are grouped by length (the recipe's train_sampling_strategy), evaluation is not: each
     # prediction is the saved model's own glossing of the sentence beside it.
-    generation = json.loads((out / "results.json").read_text())["generation"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["hyperparameters"]["train_sampling_strategy"] == "group_by_length"
+    assert results["hyperparameters"]["corpus_builds"] == 3  # 320 pairs drawn from three generator builds
+    generation = results["generation"]
     again = translate(
         [row["ja"] for row in rows], model, tokenizer, max_new_tokens=generation["max_new_tokens"],
         max_unknown_share=1.0,

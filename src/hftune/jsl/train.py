@@ -697,6 +697,10 @@ def _hyperparameters(
         "optimizer": getattr(training_args.optim, "value", training_args.optim),
         "metric_for_best_model": training_args.metric_for_best_model,
         "generation_num_beams": training_args.generation_num_beams or 1,
+        # what the model trained on: generator builds (the shipped corpus only), respelling, batch order
+        "corpus_builds": None if args.train_file else args.corpus_builds,
+        "respelling_rate": args.respelling_rate,
+        "train_sampling_strategy": training_args.train_sampling_strategy,
     }
 
 
