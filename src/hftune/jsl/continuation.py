@@ -271,9 +271,8 @@ def start_continuation(parent: Parent, splits, args: JslArguments) -> Continuati
     added = parent.tokenizer.add_symbols(symbols)
     if added:
         grow_embeddings(parent.model, len(parent.tokenizer))
-        if (
-            parent.model.config.spelling_sources
-        ):  # a new <指:ヴ> or ゔ joins the spelling budget and copy head
+        # A new <指:ヴ> or ゔ joins the spelling budget and the copy head.
+        if parent.model.config.spelling_sources:
             parent.model.config.spelling_sources = spelling_sources(parent.tokenizer)
         shown = ", ".join(added[:LISTED_SYMBOLS]) + (" ..." if len(added) > LISTED_SYMBOLS else "")
         log(
